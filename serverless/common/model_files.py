@@ -1,0 +1,255 @@
+"""The model-file catalogue (``models.yaml``): find a model's files, mirror them, download them.
+
+    python -m serverless.common.model_files status   [MODEL ...]
+    python -m serverless.common.model_files mirror   --from DIR [MODEL ...]
+    python -m serverless.common.model_files download [MODEL ...]
+
+``mirror`` copies files from a local collection laid out as ``<model>/<precision>/<file>`` (such as
+``../shared/models``) after checking each checksum against the catalogue; ``download`` fetches the
+official files. Both write to ``$MODELS_DIR`` (or ``--models-dir``) and skip files already in
+place with the right checksum. Nothing downloads at request time: functions only ``resolve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from serverless.common import settings as function_settings
+
+CATALOGUE_PATH = Path(__file__).with_name("models.yaml")
+FETCH_COMMAND = "python -m serverless.common.model_files download"
+CHECKSUMS = ("sha256", "sha384")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    algorithm: str
+    checksum: str
+    url: str | None
+
+
+@dataclass(frozen=True)
+class Variant:
+    precision: str
+    source: str
+    files: tuple[ModelFile, ...]
+
+
+@dataclass(frozen=True)
+class CatalogueModel:
+    name: str
+    functions: tuple[str, ...]
+    env: str
+    container_dir: Path
+    license: str
+    variants: tuple[Variant, ...]
+
+    @property
+    def downloadable(self) -> Variant | None:
+        return next((v for v in self.variants if all(f.url for f in v.files)), None)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    precision: str
+    files: dict[str, Path]
+
+    def file(self, suffix: str) -> Path:
+        """The model's one file ending in ``suffix`` (e.g. ``.xml``)."""
+        (path,) = [p for n, p in self.files.items() if n.endswith(suffix)]
+        return path
+
+
+class ModelFilesMissing(FileNotFoundError):
+    """A model's files are not where any resolution step looks; the message says how to fetch them."""
+
+
+@functools.cache
+def catalogue() -> dict[str, CatalogueModel]:
+    raw = yaml.safe_load(CATALOGUE_PATH.read_text())
+    models = {}
+    for name, entry in raw.items():
+        if not entry["env"].endswith("MODEL_PATH"):  # settings collects overrides by this suffix
+            raise ValueError(f"{CATALOGUE_PATH}: {name}.env must end with MODEL_PATH")
+        variants = []
+        for variant in entry["variants"]:
+            files = []
+            for item in variant["files"]:
+                (algorithm,) = [a for a in CHECKSUMS if a in item]
+                files.append(ModelFile(item["name"], algorithm, item[algorithm].lower(), item.get("url")))
+            variants.append(Variant(variant["precision"], variant["source"], tuple(files)))
+        models[name] = CatalogueModel(name, tuple(entry["functions"]), entry["env"], Path(entry["container_dir"]),
+                                      entry["license"], tuple(variants))
+    return models
+
+
+def _model(name: str) -> CatalogueModel:
+    try:
+        return catalogue()[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not in the model catalogue {CATALOGUE_PATH}") from None
+
+
+def _roots(model: CatalogueModel, settings: function_settings.FunctionSettings) -> list[Path]:
+    override = settings.model_path_override(model.env)
+    return ([override] if override else []) + [settings.models_dir / model.name, model.container_dir]
+
+
+def resolve(name: str, settings: function_settings.FunctionSettings | None = None) -> ResolvedModel:
+    """Where the first complete variant of a model is; raises ``ModelFilesMissing`` naming the file."""
+    settings = settings or function_settings.current()
+    model = _model(name)
+    roots = _roots(model, settings)
+    override = settings.model_path_override(model.env)
+    for variant in model.variants:
+        # CVAT's override variables name the directory that holds the files themselves.
+        directories = ([override] if override else []) + [root / variant.precision for root in roots]
+        for directory in directories:
+            paths = {f.name: directory / f.name for f in variant.files}
+            if all(path.is_file() for path in paths.values()):
+                return ResolvedModel(name, variant.precision, paths)
+    first = model.variants[0]
+    expected = settings.models_dir / name / first.precision / first.files[0].name
+    raise ModelFilesMissing(
+        f"model file {expected} is missing (looked for {name} "
+        f"{' or '.join(v.precision for v in model.variants)} under {', '.join(map(str, roots))}); "
+        f"fetch it with: {FETCH_COMMAND} {name}"
+    )
+
+
+def checksum_ok(path: Path, item: ModelFile) -> bool:
+    digest = hashlib.new(item.algorithm)
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == item.checksum
+
+
+def _install(source_stream, destination: Path, item: ModelFile) -> None:
+    """Write to a temporary file beside ``destination``, check it, then move it into place."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{item.name}.", delete=False) as temporary:
+        shutil.copyfileobj(source_stream, temporary, 1 << 20)
+    if not checksum_ok(Path(temporary.name), item):
+        os.unlink(temporary.name)
+        raise ValueError(f"{item.name}: {item.algorithm} does not match the catalogue")
+    os.replace(temporary.name, destination)
+
+
+def mirror(source_root: Path, names: list[str], models_dir: Path) -> tuple[list[str], list[str]]:
+    """Copy every variant found under ``source_root``; returns (problems, models with no variant there)."""
+    problems, absent = [], []
+    for name in names:
+        model = _model(name)
+        found = False
+        for variant in model.variants:
+            source_dir = source_root / name / variant.precision
+            if not all((source_dir / f.name).is_file() for f in variant.files):
+                continue
+            found = True
+            for item in variant.files:
+                destination = models_dir / name / variant.precision / item.name
+                if destination.is_file() and checksum_ok(destination, item):
+                    print(f"  ok        {destination}")
+                    continue
+                try:
+                    with open(source_dir / item.name, "rb") as stream:
+                        _install(stream, destination, item)
+                except ValueError as error:
+                    problems.append(f"{source_dir / item.name}: {error}")
+                    print(f"  REFUSED   {source_dir / item.name}: {error}")
+                    continue
+                print(f"  mirrored  {destination}")
+        if not found:
+            absent.append(name)
+    return problems, absent
+
+
+def download(names: list[str], models_dir: Path) -> list[str]:
+    problems = []
+    for name in names:
+        variant = _model(name).downloadable
+        if variant is None:
+            problems.append(f"{name}: the catalogue has no download URL for it")
+            continue
+        for item in variant.files:
+            destination = models_dir / name / variant.precision / item.name
+            if destination.is_file() and checksum_ok(destination, item):
+                print(f"  ok          {destination}")
+                continue
+            print(f"  downloading {item.url}")
+            try:
+                with urllib.request.urlopen(item.url, timeout=60) as response:
+                    _install(response, destination, item)
+            except (OSError, ValueError) as error:
+                problems.append(f"{item.url}: {error}")
+                continue
+            print(f"  saved       {destination}")
+    return problems
+
+
+def _status(names: list[str], settings: function_settings.FunctionSettings) -> list[str]:
+    missing = []
+    for name in names:
+        try:
+            resolved = resolve(name, settings)
+        except ModelFilesMissing as error:
+            missing.append(name)
+            print(f"  MISSING  {name}: {error}")
+        else:
+            print(f"  found    {name} ({resolved.precision}) in {next(iter(resolved.files.values())).parent}")
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serverless.common.model_files", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, help="destination (default: $MODELS_DIR, else ./models)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("status", help="where each model resolves").add_argument("models", nargs="*")
+    mirror_parser = commands.add_parser("mirror", help="copy checked files from a local collection")
+    mirror_parser.add_argument("--from", dest="source", type=Path, required=True)
+    mirror_parser.add_argument("models", nargs="*")
+    commands.add_parser("download", help="download the official files").add_argument("models", nargs="*")
+    args = parser.parse_args(argv)
+
+    settings = function_settings.current()
+    if args.models_dir:
+        settings = function_settings.FunctionSettings(**{**settings.__dict__, "models_dir": args.models_dir})
+    names = args.models or sorted(catalogue())
+    unknown = [n for n in names if n not in catalogue()]
+    if unknown:
+        parser.error(f"not in the catalogue: {', '.join(unknown)} (known: {', '.join(sorted(catalogue()))})")
+
+    if args.command == "mirror":
+        print(f"Mirroring model files from {args.source} into {settings.models_dir}")
+        problems, absent = mirror(args.source, names, settings.models_dir)
+        missing = _status(absent, settings) if absent else []
+    elif args.command == "download":
+        problems, missing = download(names, settings.models_dir), []
+    else:
+        problems, missing = [], _status(names, settings)
+
+    if missing:
+        print(f"\n{len(missing)} model(s) are not available; functions that need them will report state 'error'.")
+        print(f"Download the official files with:\n  {FETCH_COMMAND} {' '.join(missing)}")
+    for problem in problems:
+        print(f"ERROR: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The environment a function reads. Nothing else in ``serverless/common`` touches ``os.environ``."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# The directory that holds serverless/: the repository root here, /opt/nuclio in function images.
+CODE_ROOT = Path(__file__).resolve().parents[2]
+
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    models_dir: Path
+    openvino_device: str
+    openvino_hint: str
+    openvino_threads: int
+    max_image_pixels: int
+    model_path_overrides: dict[str, str]
+
+    def model_path_override(self, variable: str) -> Path | None:
+        value = self.model_path_overrides.get(variable)
+        return Path(value) if value else None
+
+
+def _positive_int(environ: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def load(environ: dict[str, str] | None = None) -> FunctionSettings:
+    environ = dict(os.environ if environ is None else environ)
+    hint = environ.get("OPENVINO_PERFORMANCE_HINT", "LATENCY").upper()
+    if hint not in PERFORMANCE_HINTS:
+        raise ValueError(f"OPENVINO_PERFORMANCE_HINT={hint!r} is not one of {', '.join(PERFORMANCE_HINTS)}")
+    return FunctionSettings(
+        models_dir=Path(environ.get("MODELS_DIR") or CODE_ROOT / "models"),
+        openvino_device=environ.get("OPENVINO_DEVICE", "CPU"),
+        openvino_hint=hint,
+        openvino_threads=_positive_int(environ, "OPENVINO_NUM_THREADS", 0, minimum=0),
+        max_image_pixels=_positive_int(environ, "MAX_IMAGE_PIXELS", 100_000_000),
+        model_path_overrides={k: v for k, v in environ.items() if k.endswith("_MODEL_PATH") or k == "MODEL_PATH"},
+    )
+
+
+@functools.cache
+def current() -> FunctionSettings:
+    """The settings of this process, read once."""
+    return load()

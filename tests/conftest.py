@@ -1,0 +1,120 @@
+"""Shared test helpers: real processes, real HTTP, real weights (never mocks)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TESTDATA = SHARED / "testdata"
+PROBE = Path(__file__).with_name("functions") / "probe"
+FACE_FUNCTION = REPO / "serverless/openvino/omz/intel/face-detection-0205/nuclio"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def b64_file(path: Path) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RunningProcess:
+    """A runtime command (``serve`` or ``platform``) in its own process, with an HTTP client to it."""
+
+    def __init__(self, args: list[str], port: int, env: dict | None = None):
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "serverless.runtime", *args, "--port", str(port)],
+                                        cwd=REPO, env={**os.environ, **(env or {})})
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+
+    def get_json(self, path: str):
+        try:
+            return self.http.get(path).json()
+        except (httpx.TransportError, ValueError):
+            return None
+
+    def readiness(self) -> dict | None:
+        assert self.process.poll() is None, f"process exited with {self.process.returncode}"
+        return self.get_json("/__runtime/ready")
+
+    def close(self) -> None:
+        self.http.close()
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def serve_function(path: Path, *, env: dict | None = None, until: str = "ready", timeout: float = 90):
+    """Run ``serve`` on a function; wait until its state is ``until`` (or, for "any", until it answers)."""
+    running = RunningProcess(["serve", str(path)], free_port(), env)
+    try:
+        def reached():
+            status = running.readiness()
+            return status and (until == "any" or status["state"] == until)
+
+        wait_until(reached, timeout, f"{path} to reach state {until}")
+        yield running
+    finally:
+        running.close()
+
+
+def copy_function(source: Path, destination: Path, **changes) -> Path:
+    """Copy a function folder and apply ``changes`` to its function.yaml (dotted keys, e.g. spec.eventTimeout)."""
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"))
+    config_path = destination / "function.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = config
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    config_path.write_text(yaml.safe_dump(config))
+    return destination
+
+
+@pytest.fixture(scope="session")
+def face_models():
+    """The face function's weights must be in place (scripts/setup.sh mirrors them)."""
+    from serverless.common import model_files
+
+    try:
+        return {name: model_files.resolve(name) for name in
+                ("face-detection-0205", "age-gender-recognition-retail-0013", "emotions-recognition-retail-0003")}
+    except model_files.ModelFilesMissing as error:
+        pytest.fail(f"{error}\nRun the setup command from the README first.")
+
+
+@pytest.fixture(scope="session")
+def face_function(face_models):
+    with serve_function(FACE_FUNCTION) as running:
+        yield running

@@ -1,0 +1,79 @@
+import shutil
+
+import pytest
+
+from serverless.common import model_files, settings
+
+from conftest import SHARED
+
+FACE = "face-detection-0205"
+
+
+def settings_with(tmp_path, **environ):
+    return settings.load({"MODELS_DIR": str(tmp_path / "models"), **environ})
+
+
+def copy_variant(root, precision="FP16"):
+    source = SHARED / "models" / FACE / precision
+    destination = root / precision
+    shutil.copytree(source, destination)
+    return destination
+
+
+def test_catalogue_is_consistent():
+    catalogue = model_files.catalogue()
+    assert {FACE, "age-gender-recognition-retail-0013", "emotions-recognition-retail-0003"} <= set(catalogue)
+    for model in catalogue.values():
+        assert model.variants and model.functions and model.env.endswith("MODEL_PATH")
+        assert model.downloadable is not None, f"{model.name} has no downloadable variant"
+        for variant in model.variants:
+            for item in variant.files:
+                assert len(item.checksum) == {"sha256": 64, "sha384": 96}[item.algorithm]
+
+
+def test_missing_files_name_the_file_and_the_fetch_command(tmp_path):
+    with pytest.raises(model_files.ModelFilesMissing) as error:
+        model_files.resolve(FACE, settings_with(tmp_path))
+    message = str(error.value)
+    assert f"{tmp_path}/models/{FACE}/FP32/{FACE}.xml is missing" in message
+    assert f"python -m serverless.common.model_files download {FACE}" in message
+
+
+def test_resolution_order_env_then_models_dir_then_container(tmp_path):
+    in_models_dir = copy_variant(tmp_path / "models" / FACE)
+    resolved = model_files.resolve(FACE, settings_with(tmp_path))
+    assert (resolved.precision, resolved.file(".xml")) == ("FP16", in_models_dir / f"{FACE}.xml")
+
+    override = copy_variant(tmp_path / "override")  # CVAT style: the directory holding the files
+    resolved = model_files.resolve(FACE, settings_with(tmp_path, DETECTOR_MODEL_PATH=str(override)))
+    assert resolved.file(".bin") == override / f"{FACE}.bin"
+
+
+def test_mirror_verifies_checksums_and_is_idempotent(tmp_path, capsys):
+    destination = tmp_path / "models"
+    problems, absent = model_files.mirror(SHARED / "models", [FACE], destination)
+    assert (problems, absent) == ([], [])
+    copied = destination / FACE / "FP16" / f"{FACE}.bin"
+    assert copied.read_bytes() == (SHARED / "models" / FACE / "FP16" / f"{FACE}.bin").read_bytes()
+    capsys.readouterr()
+    assert model_files.mirror(SHARED / "models", [FACE], destination) == ([], [])
+    assert "mirrored" not in capsys.readouterr().out
+
+
+def test_mirror_refuses_a_corrupt_source(tmp_path):
+    source = tmp_path / "source"
+    corrupt = copy_variant(source / FACE) / f"{FACE}.bin"
+    data = bytearray(corrupt.read_bytes())
+    data[1000] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    problems, _ = model_files.mirror(source, [FACE], tmp_path / "models")
+    assert len(problems) == 1 and "sha256 does not match the catalogue" in problems[0]
+    assert not (tmp_path / "models" / FACE / "FP16" / f"{FACE}.bin").exists()
+    assert not list((tmp_path / "models" / FACE / "FP16").glob(".*"))  # no temporary left behind
+
+
+def test_status_cli_reports_missing_models(tmp_path, capsys):
+    assert model_files.main(["--models-dir", str(tmp_path), "status", FACE]) == 0
+    out = capsys.readouterr().out
+    assert f"MISSING  {FACE}" in out
+    assert f"python -m serverless.common.model_files download {FACE}" in out
