@@ -1,0 +1,221 @@
+"""A local nuclio platform: every function under a tree as its own processor, behind the subset of
+the nuclio dashboard API that CVAT uses (cvat-compat.md section 2.3).
+
+- ``GET /api/functions``: an object keyed by function name; each value is the function.yaml as the
+  dashboard returns it (annotations as strings) plus ``status``: ``state`` (building | ready |
+  error), ``httpPort`` and ``message``.
+- ``GET /api/functions/<name>``: one of those, or 404.
+- ``POST /api/function_invocations`` (any method): the body goes to the function named by
+  ``x-nuclio-function-name`` at ``x-nuclio-path``; its reply comes back unchanged. Unknown function:
+  404; a function that is not ready: 503 with its state and message; unreachable: 503;
+  past ``x-nuclio-invoke-timeout``: 504.
+
+A function whose function.yaml is invalid, whose model files are missing or whose init_context
+fails is listed with state ``error`` and the reason; the platform and the other functions go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from serverless.runtime import config as function_config
+from serverless.runtime.processor import READY_PATH
+
+log = logging.getLogger("serverless.runtime")
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll is noise
+DEFAULT_INVOKE_TIMEOUT = 120.0  # seconds, CVAT's default X-Nuclio-Invoke-Timeout
+HOP_BY_HOP = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade", "te",
+              "proxy-authorization", "proxy-authenticate", "trailer"}
+
+
+@dataclass
+class ManagedFunction:
+    name: str
+    path: Path
+    config: function_config.FunctionConfig | None
+    state: str = "building"
+    message: str = ""
+    port: int = 0
+    process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+
+    def entry(self) -> dict:
+        if self.config is not None:
+            return self.config.dashboard_entry(self.state, self.port, self.message)
+        return {"metadata": {"name": self.name, "labels": {"nuclio.io/project-name": "cvat"}, "annotations": {}},
+                "spec": {}, "status": {"state": self.state, "httpPort": 0, "message": self.message}}
+
+
+def discover(tree: Path, gpu: bool = False) -> list[Path]:
+    """Every function.yaml under ``tree``; with ``gpu``, a folder's function-gpu.yaml replaces it."""
+    found = []
+    for directory, subdirectories, files in os.walk(tree):
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith((".", "__")))
+        if gpu and "function-gpu.yaml" in files:
+            found.append(Path(directory) / "function-gpu.yaml")
+        elif "function.yaml" in files:
+            found.append(Path(directory) / "function.yaml")
+    return found
+
+
+def _declared_name(path: Path) -> str | None:
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        return name if isinstance(name, str) and name else None
+    return None
+
+
+def load_functions(tree: Path, gpu: bool = False) -> dict[str, ManagedFunction]:
+    functions: dict[str, ManagedFunction] = {}
+    for path in discover(tree, gpu):
+        try:
+            config = function_config.load(path)
+            name = config.name
+        except function_config.ConfigError as error:
+            name = _declared_name(path)
+            if name is None:
+                log.error("skipping %s: %s", path, error)
+                continue
+            config, state, message = None, "error", str(error)
+        else:
+            state, message = "building", ""
+        if name in functions:
+            log.error("skipping %s: function %s is already defined in %s", path, name, functions[name].path)
+            continue
+        functions[name] = ManagedFunction(name, path, config, state, message)
+    return functions
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class Platform:
+    def __init__(self, tree: Path, host: str, gpu: bool = False):
+        self.host = host
+        self.functions = load_functions(tree, gpu)
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64))
+        self._monitor: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        for function in self.functions.values():
+            if function.config is None:
+                continue
+            function.port = function.config.trigger.port or _free_port(self.host)
+            function.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "serverless.runtime", "serve", str(function.path),
+                "--host", self.host, "--port", str(function.port),
+            )
+        log.info("platform: %d function(s): %s", len(self.functions), ", ".join(sorted(self.functions)))
+        self._monitor = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._monitor:
+            self._monitor.cancel()
+        running = [f.process for f in self.functions.values() if f.process and f.process.returncode is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        for process in running:
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        await self.client.aclose()
+
+    async def _watch(self) -> None:
+        """Follow each processor's readiness: often while any is starting, then every few seconds."""
+        while True:
+            await asyncio.gather(*(self._refresh(f) for f in self.functions.values() if f.process))
+            starting = any(f.state == "building" for f in self.functions.values())
+            await asyncio.sleep(0.2 if starting else 2.0)
+
+    async def _refresh(self, function: ManagedFunction) -> None:
+        if function.process.returncode is not None:
+            function.state = "error"
+            function.message = function.message or f"processor exited with code {function.process.returncode}"
+            return
+        try:
+            reply = await self.client.get(f"http://{self.host}:{function.port}{READY_PATH}", timeout=2.0)
+            status = reply.json()
+        except (httpx.HTTPError, ValueError):
+            return  # still starting up, or busy: keep the last known state
+        function.state, function.message = status["state"], status.get("message", "")
+
+    # --- dashboard API ---------------------------------------------------------------------------
+
+    async def list_functions(self, request: Request) -> Response:
+        return JSONResponse({name: f.entry() for name, f in sorted(self.functions.items())})
+
+    async def get_function(self, request: Request) -> Response:
+        function = self.functions.get(request.path_params["name"])
+        if function is None:
+            return JSONResponse({"error": f"function {request.path_params['name']} not found"}, status_code=404)
+        return JSONResponse(function.entry())
+
+    async def invoke(self, request: Request) -> Response:
+        name = request.headers.get("x-nuclio-function-name")
+        if not name:
+            return JSONResponse({"error": "the x-nuclio-function-name header is required"}, status_code=400)
+        function = self.functions.get(name)
+        if function is None:
+            return JSONResponse({"error": f"function {name} not found"}, status_code=404)
+        if function.state != "ready":
+            detail = f": {function.message}" if function.message else ""
+            return JSONResponse({"error": f"function {name} is not ready (state {function.state}){detail}"},
+                                status_code=503)
+        try:
+            timeout = function_config.parse_duration(request.headers.get("x-nuclio-invoke-timeout", ""))
+        except ValueError:
+            timeout = DEFAULT_INVOKE_TIMEOUT
+        path = "/" + request.headers.get("x-nuclio-path", "/").lstrip("/")
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-nuclio-")}
+        try:
+            reply = await self.client.request(request.method, f"http://{self.host}:{function.port}{path}",
+                                              params=request.query_params, headers=headers,
+                                              content=await request.body(), timeout=timeout)
+        except httpx.TimeoutException:
+            return JSONResponse({"error": f"function {name} did not answer within {timeout:g}s"}, status_code=504)
+        except httpx.TransportError as error:
+            return JSONResponse({"error": f"cannot reach function {name}: {error}"}, status_code=503)
+        return Response(reply.content, status_code=reply.status_code,
+                        media_type=reply.headers.get("content-type"))
+
+    def app(self) -> Starlette:
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            await self.start()
+            yield
+            await self.stop()
+
+        return Starlette(routes=[
+            Route("/api/functions", self.list_functions, methods=["GET"]),
+            Route("/api/functions/{name}", self.get_function, methods=["GET"]),
+            Route("/api/function_invocations", self.invoke,
+                  methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        ], lifespan=lifespan)
+
+
+def serve(tree: Path, host: str, port: int, gpu: bool) -> None:
+    import uvicorn
+
+    platform = Platform(tree, host, gpu)
+    log.info("platform: nuclio dashboard API on http://%s:%d", host, port)
+    uvicorn.run(platform.app(), host=host, port=port, access_log=False, log_level="warning")

@@ -1,0 +1,120 @@
+"""The local platform: a tree of functions behind the nuclio dashboard API subset CVAT uses."""
+
+import json
+
+import pytest
+
+from serverless.runtime.platform import discover
+
+from conftest import FACE_FUNCTION, PROBE, TESTDATA, RunningProcess, b64_file, copy_function, free_port, wait_until
+
+FACE = "openvino-omz-intel-face-detection-0205"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory, face_models):
+    tree = tmp_path_factory.mktemp("tree")
+    copy_function(FACE_FUNCTION, tree / "openvino/face/nuclio")
+    # The same real function with its weights missing: MODELS_DIR points at an empty directory.
+    empty = tmp_path_factory.mktemp("no-models")
+    copy_function(FACE_FUNCTION, tree / "openvino/face-missing/nuclio",
+                  **{"metadata.name": "face-without-weights", "spec.env": [{"name": "MODELS_DIR", "value": str(empty)}]})
+    copy_function(PROBE, tree / "test/probe/nuclio")
+    copy_function(PROBE, tree / "test/broken/nuclio", **{"metadata.name": "probe-init-fails",
+                  "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "cannot load"}]})
+    copy_function(PROBE, tree / "test/invalid/nuclio", **{"metadata.name": "probe-invalid",
+                                                          "metadata.annotations.type": "classifier"})
+    running = RunningProcess(["platform", str(tree)], free_port())
+    try:
+        def settled():
+            functions = running.get_json("/api/functions")
+            return functions if functions and all(
+                f["status"]["state"] != "building" for f in functions.values()) else None
+
+        wait_until(settled, 90, "every function to leave state building")
+        yield running
+    finally:
+        running.close()
+
+
+def test_lists_every_function_with_its_state(platform):
+    functions = platform.http.get("/api/functions").json()
+    assert {name: f["status"]["state"] for name, f in functions.items()} == {
+        FACE: "ready", "runtime-probe": "ready",
+        "face-without-weights": "error", "probe-init-fails": "error", "probe-invalid": "error"}
+    face = functions[FACE]
+    assert face["metadata"]["annotations"]["name"] == "Attributed face detection"
+    assert face["metadata"]["labels"]["nuclio.io/project-name"] == "cvat"
+    assert all(isinstance(v, str) for v in face["metadata"]["annotations"].values())
+    assert json.loads(face["metadata"]["annotations"]["spec"])[0]["name"] == "face"
+    assert face["spec"]["description"].startswith("Detection network finding faces")
+    assert isinstance(face["status"]["httpPort"], int) and face["status"]["httpPort"] > 0
+
+
+def test_error_states_say_why(platform):
+    functions = platform.http.get("/api/functions").json()
+    missing = functions["face-without-weights"]["status"]["message"]
+    assert "face-detection-0205/FP32/face-detection-0205.xml is missing" in missing
+    assert "python -m serverless.common.model_files download face-detection-0205" in missing
+    assert functions["probe-init-fails"]["status"]["message"] == "init_context failed: RuntimeError: cannot load"
+    assert "metadata.annotations.type: must be one of" in functions["probe-invalid"]["status"]["message"]
+
+
+def test_get_one_function_and_404(platform):
+    assert platform.http.get(f"/api/functions/{FACE}").json()["metadata"]["name"] == FACE
+    assert platform.http.get("/api/functions/nope").status_code == 404
+
+
+def test_invocation_through_the_dashboard(platform):
+    reply = platform.http.post("/api/function_invocations", json={"image": b64_file(TESTDATA / "skimage/astronaut.png")},
+                               headers={"x-nuclio-function-name": FACE, "x-nuclio-path": "/",
+                                        "x-nuclio-invoke-timeout": "120s"})
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
+    (face,) = reply.json()
+    assert face["label"] == "face"
+
+
+def test_function_port_answers_directly_too(platform):
+    port = platform.http.get(f"/api/functions/{FACE}").json()["status"]["httpPort"]
+    reply = platform.http.post(f"http://127.0.0.1:{port}/", json={"image": b64_file(TESTDATA / "skimage/astronaut.png")})
+    assert reply.status_code == 200 and len(reply.json()) == 1
+
+
+def test_invocation_path_headers_and_errors_pass_through(platform):
+    seen = platform.http.post("/api/function_invocations", json={"k": 1},
+                              headers={"x-nuclio-function-name": "runtime-probe", "x-nuclio-path": "/deep/path",
+                                       "x-extra": "kept"}).json()
+    assert (seen["path"], seen["body"], seen["headers"]["X-Extra"]) == ("/deep/path", {"k": 1}, "kept")
+    assert not any(name.lower().startswith("x-nuclio") for name in seen["headers"])
+    crash = platform.http.post("/api/function_invocations", json={"action": "raise", "message": "boom"},
+                               headers={"x-nuclio-function-name": "runtime-probe"})
+    assert crash.status_code == 500 and '"boom"' in crash.text
+    bad = platform.http.post("/api/function_invocations", json={"image": "%%%"},
+                             headers={"x-nuclio-function-name": FACE})
+    assert bad.status_code == 400 and "not valid base64" in bad.text
+
+
+def test_invocation_of_unknown_and_not_ready_functions(platform):
+    assert platform.http.post("/api/function_invocations", json={},
+                              headers={"x-nuclio-function-name": "nope"}).status_code == 404
+    assert platform.http.post("/api/function_invocations", json={}).status_code == 400
+    reply = platform.http.post("/api/function_invocations", json={},
+                               headers={"x-nuclio-function-name": "face-without-weights"})
+    assert reply.status_code == 503
+    assert "not ready (state error)" in reply.json()["error"] and "is missing" in reply.json()["error"]
+
+
+def test_invoke_timeout_is_504(platform):
+    reply = platform.http.post("/api/function_invocations", json={"action": "sleep", "seconds": 1.5},
+                               headers={"x-nuclio-function-name": "runtime-probe", "x-nuclio-invoke-timeout": "500ms"})
+    assert reply.status_code == 504
+
+
+def test_gpu_files_are_used_only_when_asked(tmp_path):
+    copy_function(PROBE, tmp_path / "a/nuclio")
+    (tmp_path / "a/nuclio/function-gpu.yaml").write_text((PROBE / "function.yaml").read_text())
+    copy_function(PROBE, tmp_path / "b/nuclio")
+    assert [p.relative_to(tmp_path).as_posix() for p in discover(tmp_path)] == [
+        "a/nuclio/function.yaml", "b/nuclio/function.yaml"]
+    assert [p.relative_to(tmp_path).as_posix() for p in discover(tmp_path, gpu=True)] == [
+        "a/nuclio/function-gpu.yaml", "b/nuclio/function.yaml"]
