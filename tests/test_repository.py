@@ -1,0 +1,76 @@
+"""Static checks of what cannot run here (no Docker engine, no nuctl) and of the docs' promises."""
+
+import re
+import shlex
+
+import pytest
+import yaml
+
+from serverless.common import model_files
+from serverless.runtime import config as function_config
+from serverless.runtime.platform import discover
+
+from conftest import REPO
+
+FUNCTION_FILES = discover(REPO / "serverless", gpu=False) + [
+    p for p in discover(REPO / "serverless", gpu=True) if p.name == "function-gpu.yaml"]
+DOCKERFILES = sorted((REPO / "serverless").rglob("Dockerfile"))
+
+
+def readme_command(heading: str) -> str:
+    """The one command in the first code block after the README heading that starts with ``heading``."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split(f"\n## {heading}", 1)[1]
+    block = re.search(r"```(?:\w+)?\n(.*?)```", section, re.S).group(1).strip()
+    assert "\n" not in block, f"the {heading!r} block must hold exactly one command"
+    return block
+
+
+def test_ci_runs_exactly_the_readme_commands():
+    lines = [line.strip() for line in (REPO / ".ci/run").read_text().splitlines()]
+    assert readme_command("Set up") in lines
+    assert readme_command("Run the tests") in lines
+
+
+def test_every_function_yaml_is_valid():
+    assert FUNCTION_FILES, "no function.yaml under serverless/"
+    for path in FUNCTION_FILES:
+        function_config.load(path)
+
+
+@pytest.mark.parametrize("path", FUNCTION_FILES, ids=lambda p: str(p.parent.relative_to(REPO)))
+def test_images_are_named_as_cvat_names_them(path):
+    folder = path.parent.parent.relative_to(REPO / "serverless")
+    dotted = "cvat." + ".".join(folder.parts)
+    build = yaml.safe_load(path.read_text())["spec"]["build"]
+    assert build["image"] == dotted
+    if (path.parent / "Dockerfile").exists():
+        assert build["baseImage"] == f"{dotted}.base"
+        assert f"-t {dotted}.base" in (path.parent / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.parent.relative_to(REPO)))
+def test_dockerfiles_reference_existing_paths_and_catalogued_models(dockerfile):
+    text = dockerfile.read_text().replace("\\\n", " ")
+    instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert instructions[0].startswith("FROM ")
+    for line in instructions:
+        keyword, _, rest = line.partition(" ")
+        if keyword in ("COPY", "ADD") and not rest.startswith("--from"):
+            *sources, _ = shlex.split(rest)
+            for source in sources:
+                assert (REPO / source).exists(), f"{dockerfile}: {source} is not in the repository"
+        if keyword == "RUN" and "serverless.common.model_files download" in rest:
+            for name in rest.split("download", 1)[1].split():
+                assert name in model_files.catalogue(), f"{dockerfile}: {name} is not in the model catalogue"
+
+
+def test_catalogue_functions_exist():
+    function_ids = {function_config.load(path).name for path in FUNCTION_FILES}
+    for model in model_files.catalogue().values():
+        assert set(model.functions) <= function_ids, model.name
+
+
+def test_compose_file_parses():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["services"]
