@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import socket
 import statistics
 import subprocess
 import sys
@@ -66,7 +67,9 @@ def in_process(payloads: list[str], repeat: int) -> dict:
 
 
 def over_http(payloads: list[str], repeat: int, concurrency: int) -> tuple[dict, dict, float]:
-    port = 18123
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     processor = subprocess.Popen([sys.executable, "-m", "serverless.runtime", "serve", str(FUNCTION), "--port", str(port)],
                                  cwd=REPO, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

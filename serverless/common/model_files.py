@@ -13,6 +13,7 @@ place with the right checksum. Nothing downloads at request time: functions only
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import os
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = function_settings.current()
     if args.models_dir:
-        settings = function_settings.FunctionSettings(**{**settings.__dict__, "models_dir": args.models_dir})
+        settings = dataclasses.replace(settings, models_dir=args.models_dir)
     names = args.models or sorted(catalogue())
     unknown = [n for n in names if n not in catalogue()]
     if unknown:
