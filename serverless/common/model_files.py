@@ -211,7 +211,8 @@ def _status(names: list[str], settings: function_settings.FunctionSettings) -> l
             missing.append(name)
             print(f"  MISSING  {name}: {error}")
         else:
-            print(f"  found    {name} ({resolved.precision}) in {next(iter(resolved.files.values())).parent}")
+            print(f"  found    {name} ({resolved.precision}; {catalogue()[name].license}) "
+                  f"in {next(iter(resolved.files.values())).parent}")
     return missing
 
 

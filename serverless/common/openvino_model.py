@@ -29,7 +29,6 @@ class OpenVINOModel:
         if settings.openvino_threads:
             config["INFERENCE_NUM_THREADS"] = settings.openvino_threads
         self.compiled = _core().compile_model(_core().read_model(xml_path), settings.openvino_device, config)
-        self.input_names = [port.any_name for port in self.compiled.inputs]
         self.output_names = [port.any_name for port in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()
         self._queue = ov.AsyncInferQueue(self.compiled, self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))

@@ -81,7 +81,6 @@ class WorkerPool:
         self._idle: asyncio.LifoQueue[Worker] = asyncio.LifoQueue()
         self._workers: set[Worker] = set()
         self._tasks: set[asyncio.Task] = set()
-        self._started_once = False
 
     @property
     def num_workers(self) -> int:
