@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -31,6 +32,16 @@ def free_port() -> int:
 
 def b64_file(path: Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def function_module(folder: Path, module: str = "model_handler"):
+    """Import a function folder's module under a name of its own: every folder has a model_handler."""
+    unique = f"{folder.relative_to(REPO / 'serverless').as_posix().replace('/', '.')}.{module}"
+    spec = importlib.util.spec_from_file_location(unique, folder / f"{module}.py")
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[unique] = loaded  # dataclasses and pickling look their module up here
+    spec.loader.exec_module(loaded)
+    return loaded
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):

@@ -137,3 +137,14 @@ def test_body_over_32_mib_is_413_and_the_function_keeps_serving(face_function):
     reply = face_function.http.post("/", content=oversized, headers={"content-type": "application/json"})
     assert reply.status_code == 413
     assert len(detect(face_function, ASTRONAUT)) == 1
+
+
+def test_batch_of_mixed_sizes_answers_one_list_per_image_in_order(face_function):
+    images = [ASTRONAUT, CLASS_PHOTO, TESTDATA / "ultralytics/bus.jpg"]
+    reply = face_function.http.post("/", json={"images": [b64_file(p) for p in images]})
+    assert reply.status_code == 200
+    batch = reply.json()
+    assert [len(items) for items in batch] == [len(detect(face_function, p)) for p in images]
+    bad = face_function.http.post("/", json={"images": [b64_file(ASTRONAUT), "%%%"]})
+    assert bad.status_code == 400 and bad.text.startswith("'images[1]' is not valid base64")
+    assert face_function.http.post("/", json={"images": []}).status_code == 400

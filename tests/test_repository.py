@@ -40,8 +40,9 @@ def test_every_function_yaml_is_valid():
 
 @pytest.mark.parametrize("path", FUNCTION_FILES, ids=lambda p: str(p.parent.relative_to(REPO)))
 def test_images_are_named_as_cvat_names_them(path):
-    folder = path.parent.parent.relative_to(REPO / "serverless")
-    dotted = "cvat." + ".".join(folder.parts)
+    framework, *rest = path.parent.parent.relative_to(REPO / "serverless").parts
+    # CVAT's rule: cvat.<path with dots>, "pytorch" shortened to "pth"; image names are lower case.
+    dotted = "cvat." + ".".join(["pth" if framework == "pytorch" else framework, *rest]).lower()
     build = yaml.safe_load(path.read_text())["spec"]["build"]
     assert build["image"] == dotted
     if (path.parent / "Dockerfile").exists():

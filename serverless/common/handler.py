@@ -2,6 +2,9 @@
 
 nuclio hands a handler ``event.body`` already parsed when the request says ``application/json``
 and raw bytes otherwise; both are accepted here, so clients that add a charset still work.
+
+Detectors answer CVAT's body ``{"image", "threshold"?}`` with a list of items, and our batch
+extension ``{"images": [...], "threshold"?}`` with one list per image, in order.
 """
 
 from __future__ import annotations
@@ -53,3 +56,24 @@ def json_handler(process: Callable[[Any, dict], Any]) -> Callable:
         return context.Response(body=json.dumps(result), status_code=200, content_type="application/json")
 
     return handler
+
+
+def detector_handler(detect: Callable[[Any, Any, float, dict], list], default_threshold: float = 0.5) -> Callable:
+    """A nuclio handler for a detector: ``detect(context, rgb_image, threshold, body) -> items``.
+
+    ``body`` is passed on for model-specific options (text detection's ``pixel_threshold``, say).
+    """
+    from serverless.common.images import decode_image  # Pillow is only needed by image functions
+
+    @json_handler
+    def process(context, body):
+        threshold = read_probability(body, "threshold", default_threshold)
+        if "images" not in body:
+            return detect(context, decode_image(body.get("image")), threshold, body)
+        images = body["images"]
+        if not isinstance(images, list) or not images:
+            raise BadRequest("'images' must be a non-empty list of base64 strings")
+        decoded = [decode_image(data, field=f"images[{index}]") for index, data in enumerate(images)]
+        return [detect(context, image, threshold, body) for image in decoded]
+
+    return process

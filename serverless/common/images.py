@@ -16,29 +16,30 @@ from serverless.common.handler import BadRequest
 Image.MAX_IMAGE_PIXELS = None
 
 
-def decode_image(data: object, *, max_pixels: int | None = None) -> Image.Image:
-    """Return the frame as an RGB image, EXIF orientation applied; any problem is a ``BadRequest``."""
+def decode_image(data: object, *, max_pixels: int | None = None, field: str = "image") -> Image.Image:
+    """Return the frame as an RGB image, EXIF orientation applied; any problem is a ``BadRequest``
+    whose message names ``field``."""
     limit = max_pixels or settings.current().max_image_pixels
     if not isinstance(data, str) or not data:
-        raise BadRequest("'image' must be a non-empty base64 string")
+        raise BadRequest(f"'{field}' must be a non-empty base64 string")
     if data.startswith("data:"):
-        raise BadRequest("'image' must be bare base64, not a data: URL")
+        raise BadRequest(f"'{field}' must be bare base64, not a data: URL")
     try:
         encoded = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise BadRequest(f"'image' is not valid base64: {error}") from None
+        raise BadRequest(f"'{field}' is not valid base64: {error}") from None
 
     try:
         image = Image.open(io.BytesIO(encoded))
     except UnidentifiedImageError:
-        raise BadRequest("'image' is not an image file Pillow can read") from None
+        raise BadRequest(f"'{field}' is not an image file Pillow can read") from None
     width, height = image.size
     if width * height > limit:
-        raise BadRequest(f"'image' is {width}x{height} = {width * height} pixels, over the limit of {limit}")
+        raise BadRequest(f"'{field}' is {width}x{height} = {width * height} pixels, over the limit of {limit}")
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as error:
-        raise BadRequest(f"'image' is truncated or corrupt: {error}") from None
+        raise BadRequest(f"'{field}' is truncated or corrupt: {error}") from None
 
     image = ImageOps.exif_transpose(image)
     return image if image.mode == "RGB" else image.convert("RGB")

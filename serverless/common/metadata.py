@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 FUNCTION_KINDS = ("detector", "interactor", "reid", "tracker")
 LABEL_TYPES = ("rectangle", "polygon", "polyline", "points", "ellipse", "cuboid", "mask", "skeleton", "tag", "any")
@@ -93,6 +96,12 @@ class FunctionMeta:
             animated_gif=annotations.get("animated_gif", ""),
             supported_shape_types=shape_types,
         )
+
+
+def label_names(function_yaml: Path) -> dict[int, str]:
+    """Class id -> label name from a function's own spec, so a handler emits exactly those names."""
+    meta = FunctionMeta.from_nuclio(yaml.safe_load(Path(function_yaml).read_text()))
+    return {label.id: label.name for label in meta.labels if label.id is not None}
 
 
 def annotation_strings(annotations: dict) -> dict[str, str]:

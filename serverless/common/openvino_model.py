@@ -28,7 +28,8 @@ class OpenVINOModel:
         config = {"PERFORMANCE_HINT": settings.openvino_hint}
         if settings.openvino_threads:
             config["INFERENCE_NUM_THREADS"] = settings.openvino_threads
-        self.compiled = _core().compile_model(_core().read_model(xml_path), settings.openvino_device, config)
+        self.model = _core().read_model(xml_path)  # the graph as read, for handlers that inspect its ops
+        self.compiled = _core().compile_model(self.model, settings.openvino_device, config)
         self.output_names = [port.any_name for port in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()
         self._queue = ov.AsyncInferQueue(self.compiled, self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))

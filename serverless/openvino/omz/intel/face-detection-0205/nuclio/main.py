@@ -1,13 +1,13 @@
 """nuclio entry point of openvino-omz-intel-face-detection-0205 (CVAT's "Attributed face detection").
 
-Request ``{"image": <base64>, "threshold"?: 0..1 (default 0.5; 0 returns every face)}``;
-reply: a list of ``face`` rectangles with ``age``, ``gender`` and ``emotion`` attributes.
+Request ``{"image": <base64>, "threshold"?: 0..1 (default 0.5; 0 returns every face)}`` or the
+batch form ``{"images": [...]}``; reply: ``face`` rectangles with ``age``, ``gender`` and
+``emotion`` attributes (one list per image for a batch).
 """
 
 from model_handler import FaceDetector
 
-from serverless.common.handler import json_handler, read_probability
-from serverless.common.images import decode_image
+from serverless.common.handler import detector_handler
 
 
 def init_context(context):
@@ -16,8 +16,4 @@ def init_context(context):
     context.logger.info("Models loaded")
 
 
-@json_handler
-def handler(context, body):
-    image = decode_image(body.get("image"))
-    threshold = read_probability(body, "threshold", default=0.5)
-    return context.user_data.model.detect(image, threshold)
+handler = detector_handler(lambda context, image, threshold, body: context.user_data.model.detect(image, threshold))
