@@ -50,3 +50,18 @@ def test_clip_and_items():
     assert item["type"] == "mask" and item["points"] == [2, 1, 4, 1, 4, 2]
     assert item["mask"] == [255] * 6 + [2, 1, 4, 2]
     assert masks.function_mask_to_rle(item["mask"]) == [0, 6, 2, 1, 4, 2]
+
+
+def test_mask_item_from_a_crop_placed_in_the_image():
+    crop = np.array([[0, 1, 1], [0, 1, 0]], dtype=bool)  # object pixels at crop (1,0), (2,0), (1,1)
+    item = detections.mask("text", crop, 0.9, origin=(100, 50))
+    assert item["mask"] == [255, 255, 255, 0, 101, 50, 102, 51]
+
+
+def test_rotated_box_corners_start_top_left_and_go_clockwise():
+    upright = detections.rotated_box_corners(((50, 20), (40, 10), 0), 1000, 1000)
+    np.testing.assert_allclose(upright, [[30, 15], [70, 15], [70, 25], [30, 25]], atol=1e-4)
+    diamond = detections.rotated_box_corners(((50, 50), (20, 20), 45), 1000, 1000)
+    assert len({tuple(c) for c in diamond.round(3)}) == 4  # no repeated corner at 45 degrees
+    np.testing.assert_allclose(detections.rotated_box_corners(((5, 5), (20, 20), 0), 10, 10),
+                               [[0, 0], [10, 0], [10, 10], [0, 10]])

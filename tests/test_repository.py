@@ -44,9 +44,11 @@ def test_images_are_named_as_cvat_names_them(path):
     # CVAT's rule: cvat.<path with dots>, "pytorch" shortened to "pth"; image names are lower case.
     dotted = "cvat." + ".".join(["pth" if framework == "pytorch" else framework, *rest]).lower()
     build = yaml.safe_load(path.read_text())["spec"]["build"]
-    assert build["image"] == dotted
+    # GPU builds tag the same image name :latest-gpu, as CVAT's do.
+    assert build["image"] == (f"{dotted}:latest-gpu" if path.name == "function-gpu.yaml" else dotted)
     if (path.parent / "Dockerfile").exists():
-        assert build["baseImage"] == f"{dotted}.base"
+        base = f"{dotted}.base"
+        assert build["baseImage"] == (f"{base}:latest-gpu" if path.name == "function-gpu.yaml" else base)
         assert f"-t {dotted}.base" in (path.parent / "Dockerfile").read_text()
 
 

@@ -19,7 +19,8 @@ def letterbox(rgb: np.ndarray, size: tuple[int, int], *, pad_value: int = 114,
     height, width = rgb.shape[:2]
     target_h, target_w = size
     ratio = min(target_h / height, target_w / width)
-    new_w, new_h = int(round(width * ratio)), int(round(height * ratio))
+    # At least one pixel: a 5000x3 frame must not round a side away (cv2.resize refuses 0).
+    new_w, new_h = max(1, int(round(width * ratio))), max(1, int(round(height * ratio)))
     resized = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (width, height) else rgb
     pad_x, pad_y = ((target_w - new_w) / 2, (target_h - new_h) / 2) if center else (0.0, 0.0)
     left, top = int(round(pad_x - 0.1)), int(round(pad_y - 0.1))
@@ -88,15 +89,26 @@ def rectangle(label: str, box, confidence: float, attributes: dict[str, str] | N
     }
 
 
+def rotated_box_corners(rect, width: int, height: int) -> np.ndarray:
+    """A cv2 rotated rectangle's corners as TL, TR, BR, BL, clipped to the image: clockwise on
+    screen (y points down) from the corner with the smallest x + y. Unlike ordering by x + y and
+    y - x (CVAT's way), this never repeats a corner when the rectangle is at 45 degrees."""
+    corners = cv2.boxPoints(rect)
+    center = corners.mean(axis=0)
+    clockwise = corners[np.argsort(np.arctan2(corners[:, 1] - center[1], corners[:, 0] - center[0]))]
+    return np.clip(np.roll(clockwise, -int(np.argmin(clockwise.sum(axis=1))), axis=0), 0, [width, height])
+
+
 def mask(label: str, object_mask: np.ndarray, confidence: float, polygon: list[float] | None = None,
-         attributes: dict[str, str] | None = None) -> dict:
-    """A mask item: the object's own pixels (image-sized boolean array) over its bounds, and a
-    polygon in ``points`` for clients that ask for polygons (``conv_mask_to_poly``)."""
+         attributes: dict[str, str] | None = None, origin: tuple[int, int] = (0, 0)) -> dict:
+    """A mask item: the object's own pixels over their bounds, and a polygon in ``points`` for
+    clients that ask for polygons (``conv_mask_to_poly``). ``object_mask`` is a boolean array,
+    image-sized or a crop whose top-left pixel is at ``origin`` (x, y) in the image."""
     return {
         "label": label,
         "type": "mask",
         "points": [round(float(v), 2) for v in (polygon or [])],
-        "mask": masks.to_function_mask(object_mask),
+        "mask": masks.to_function_mask(object_mask, origin=origin),
         "confidence": f"{float(confidence):.4f}",
         "attributes": _attributes(attributes),
     }

@@ -24,14 +24,19 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
 
 
-def to_function_mask(mask: np.ndarray, box: Box | None = None) -> list[int]:
-    """Encode an image-sized mask over ``box`` (default: the mask's own bounds) in the function format."""
+def to_function_mask(mask: np.ndarray, box: Box | None = None, origin: tuple[int, int] = (0, 0)) -> list[int]:
+    """Encode a mask over ``box`` (default: the mask's own bounds) in the function format.
+
+    ``mask`` is image-sized, or a crop whose top-left pixel is at ``origin`` (x, y) in the image;
+    ``box`` is in the mask's own coordinates.
+    """
     box = box or mask_box(mask)
     if box is None:
         raise ValueError("cannot encode an empty mask")
     xtl, ytl, xbr, ybr = box
     crop = mask[ytl:ybr + 1, xtl:xbr + 1] != 0
-    return np.where(crop, 255, 0).ravel().tolist() + [xtl, ytl, xbr, ybr]
+    x, y = origin
+    return np.where(crop, 255, 0).ravel().tolist() + [xtl + x, ytl + y, xbr + x, ybr + y]
 
 
 def from_function_mask(values: list) -> tuple[np.ndarray, Box]:

@@ -16,6 +16,10 @@ def _core() -> ov.Core:
     return ov.Core()
 
 
+def _dimensions(shape: ov.PartialShape) -> tuple[int | None, ...]:
+    return tuple(d.get_length() if d.is_static else None for d in shape)
+
+
 class OpenVINOModel:
     """One compiled model: ``infer`` one input, or ``infer_many`` through parallel infer requests.
 
@@ -35,9 +39,14 @@ class OpenVINOModel:
         self._queue = ov.AsyncInferQueue(self.compiled, self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Static shape of the first input, e.g. (1, 3, 416, 416)."""
-        return tuple(self.compiled.inputs[0].shape)
+    def input_shape(self) -> tuple[int | None, ...]:
+        """Shape of the first input, e.g. (1, 3, 416, 416); None for a dynamic dimension."""
+        return _dimensions(self.compiled.inputs[0].get_partial_shape())
+
+    @property
+    def output_shape(self) -> tuple[int | None, ...]:
+        """Shape of the first output; None for a dynamic dimension."""
+        return _dimensions(self.compiled.outputs[0].get_partial_shape())
 
     def infer(self, inputs: np.ndarray | dict) -> dict[str, np.ndarray]:
         """Outputs by name, copied (the request reuses its output buffers)."""

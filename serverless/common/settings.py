@@ -11,6 +11,7 @@ from pathlib import Path
 CODE_ROOT = Path(__file__).resolve().parents[2]
 
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+ONNX_BACKENDS = ("openvino", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class FunctionSettings:
     openvino_device: str
     openvino_hint: str
     openvino_threads: int
+    onnx_backend: str
     max_image_pixels: int
     model_path_overrides: dict[str, str]
 
@@ -45,11 +47,15 @@ def load(environ: dict[str, str] | None = None) -> FunctionSettings:
     hint = environ.get("OPENVINO_PERFORMANCE_HINT", "LATENCY").upper()
     if hint not in PERFORMANCE_HINTS:
         raise ValueError(f"OPENVINO_PERFORMANCE_HINT={hint!r} is not one of {', '.join(PERFORMANCE_HINTS)}")
+    onnx_backend = environ.get("ONNX_BACKEND", "openvino").lower()
+    if onnx_backend not in ONNX_BACKENDS:
+        raise ValueError(f"ONNX_BACKEND={onnx_backend!r} is not one of {', '.join(ONNX_BACKENDS)}")
     return FunctionSettings(
         models_dir=Path(environ.get("MODELS_DIR") or CODE_ROOT / "models"),
         openvino_device=environ.get("OPENVINO_DEVICE", "CPU"),
         openvino_hint=hint,
         openvino_threads=_positive_int(environ, "OPENVINO_NUM_THREADS", 0, minimum=0),
+        onnx_backend=onnx_backend,
         max_image_pixels=_positive_int(environ, "MAX_IMAGE_PIXELS", 100_000_000),
         model_path_overrides={k: v for k, v in environ.items() if k.endswith("_MODEL_PATH") or k == "MODEL_PATH"},
     )
