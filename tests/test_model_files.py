@@ -84,6 +84,15 @@ def test_status_cli_reports_missing_models(tmp_path, capsys):
     assert f"python -m serverless.common.model_files download {FACE}" in out
 
 
+def test_download_from_a_wheel_on_the_package_index(tmp_path):
+    # PP-OCRv4's detector ships inside the rapidocr-onnxruntime wheel: pip fetches it, the member is
+    # extracted and checked against the catalogue's sha256.
+    name = "text-detection-ppocrv4-dbnet"
+    assert model_files.download([name], tmp_path) == []
+    saved = tmp_path / name / "ch_PP-OCRv4_det_infer.onnx"
+    assert saved.read_bytes() == (SHARED / "models" / name / saved.name).read_bytes()
+
+
 def test_resolve_first_prefers_the_official_model(tmp_path):
     tiny = SHARED / "models" / "yolo-v3-tiny" / "FP16"
     shutil.copytree(tiny, tmp_path / "models" / "yolo-v3-tiny" / "FP16")
