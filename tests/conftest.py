@@ -34,6 +34,14 @@ def b64_file(path: Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode()
 
 
+def detect(function: "RunningProcess", image_path: Path, **extra) -> list:
+    """One frame through a served detector over HTTP; the reply must be a 200 JSON list."""
+    reply = function.http.post("/", json={"image": b64_file(image_path), **extra})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    return reply.json()
+
+
 def function_module(folder: Path, module: str = "model_handler"):
     """Import a function folder's module under a name of its own: every folder has a model_handler."""
     unique = f"{folder.relative_to(REPO / 'serverless').as_posix().replace('/', '.')}.{module}"

@@ -10,7 +10,7 @@ from PIL import Image
 
 from serverless.common.metadata import FunctionMeta
 
-from conftest import FACE_FUNCTION, TESTDATA, b64_file
+from conftest import FACE_FUNCTION, TESTDATA, b64_file, detect
 
 ASTRONAUT = TESTDATA / "skimage/astronaut.png"
 CLASS_PHOTO = TESTDATA / "coco128-val2017/images/000000002299.jpg"  # a school class, 27 faces
@@ -29,13 +29,6 @@ def iou(a, b):
 def spec():
     (face,) = FunctionMeta.from_nuclio(yaml.safe_load((FACE_FUNCTION / "function.yaml").read_text())).labels
     return face
-
-
-def detect(face_function, image_path, **extra):
-    reply = face_function.http.post("/", json={"image": b64_file(image_path), **extra})
-    assert reply.status_code == 200, reply.text
-    assert reply.headers["content-type"] == "application/json"
-    return reply.json()
 
 
 def assert_valid_items(items, spec, size):

@@ -16,7 +16,7 @@ from serverless.common.metadata import FunctionMeta
 
 from serverless.common import model_files
 
-from conftest import REPO, TESTDATA, b64_file, function_module, serve_function
+from conftest import REPO, TESTDATA, b64_file, detect, function_module, serve_function
 
 FUNCTION = REPO / "serverless/openvino/omz/public/yolo-v3-tf/nuclio"
 BUS = TESTDATA / "ultralytics/bus.jpg"
@@ -30,12 +30,6 @@ SPEC_NAMES = {label.name for label in
 def yolo():
     with serve_function(FUNCTION) as running:
         yield running
-
-
-def detect(yolo, path, **extra):
-    reply = yolo.http.post("/", json={"image": b64_file(path), **extra})
-    assert reply.status_code == 200, reply.text
-    return reply.json()
 
 
 def assert_well_formed(items, size, threshold):
