@@ -85,7 +85,7 @@ def test_serve_refuses_a_bad_file_with_the_field_in_its_message(tmp_path):
 
 
 def test_dashboard_entry_has_string_annotations_and_status():
-    entry = function_config.load(FACE_FUNCTION).dashboard_entry("ready", 1234)
+    entry = function_config.dashboard_entry(function_config.load(FACE_FUNCTION).raw, "ready", 1234)
     assert entry["status"] == {"state": "ready", "httpPort": 1234, "message": ""}
     assert entry["metadata"]["labels"]["nuclio.io/project-name"] == "cvat"
     assert all(isinstance(v, str) for v in entry["metadata"]["annotations"].values())

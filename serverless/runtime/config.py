@@ -52,14 +52,16 @@ class FunctionConfig:
     def directory(self) -> Path:
         return self.path.parent
 
-    def dashboard_entry(self, state: str, http_port: int, message: str = "") -> dict:
-        """This function as the nuclio dashboard lists it (annotations as strings, project label, status)."""
-        entry = copy.deepcopy(self.raw)
-        metadata = entry.setdefault("metadata", {})
-        metadata["annotations"] = annotation_strings(metadata.get("annotations") or {})
-        metadata.setdefault("labels", {})["nuclio.io/project-name"] = "cvat"
-        entry["status"] = {"state": state, "httpPort": http_port, "message": message}
-        return entry
+
+def dashboard_entry(raw: dict, state: str, http_port: int, message: str = "") -> dict:
+    """A function.yaml as the nuclio dashboard lists it (annotations as strings, project label,
+    status), valid or not: a dashboard shows what was deployed."""
+    entry = copy.deepcopy(raw)
+    metadata = entry.setdefault("metadata", {})
+    metadata["annotations"] = annotation_strings(metadata.get("annotations") or {})
+    metadata.setdefault("labels", {})["nuclio.io/project-name"] = "cvat"
+    entry["status"] = {"state": state, "httpPort": http_port, "message": message}
+    return entry
 
 
 def parse_duration(text: str) -> float:

@@ -47,17 +47,15 @@ HOP_BY_HOP = {"host", "content-length", "connection", "keep-alive", "transfer-en
 class ManagedFunction:
     name: str
     path: Path
-    config: function_config.FunctionConfig | None
+    raw: dict  # the function.yaml as parsed
+    config: function_config.FunctionConfig | None  # None when the file is invalid
     state: str = "building"
     message: str = ""
     port: int = 0
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
     def entry(self) -> dict:
-        if self.config is not None:
-            return self.config.dashboard_entry(self.state, self.port, self.message)
-        return {"metadata": {"name": self.name, "labels": {"nuclio.io/project-name": "cvat"}, "annotations": {}},
-                "spec": {}, "status": {"state": self.state, "httpPort": 0, "message": self.message}}
+        return function_config.dashboard_entry(self.raw, self.state, self.port, self.message)
 
 
 def discover(tree: Path, gpu: bool = False) -> list[Path]:
@@ -72,10 +70,12 @@ def discover(tree: Path, gpu: bool = False) -> list[Path]:
     return found
 
 
-def _declared_name(path: Path) -> str | None:
-    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        return name if isinstance(name, str) and name else None
+def _declared(path: Path) -> tuple[str, dict] | None:
+    """The name and parsed content of a function.yaml the runtime refused, if it has a name."""
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError, KeyError):
+        raw = yaml.safe_load(path.read_text())
+        name = raw["metadata"]["name"]
+        return (name, raw) if isinstance(name, str) and name else None
     return None
 
 
@@ -84,19 +84,19 @@ def load_functions(tree: Path, gpu: bool = False) -> dict[str, ManagedFunction]:
     for path in discover(tree, gpu):
         try:
             config = function_config.load(path)
-            name = config.name
+            name, raw = config.name, config.raw
         except function_config.ConfigError as error:
-            name = _declared_name(path)
-            if name is None:
+            declared = _declared(path)
+            if declared is None:
                 log.error("skipping %s: %s", path, error)
                 continue
-            config, state, message = None, "error", str(error)
+            (name, raw), config, state, message = declared, None, "error", str(error)
         else:
             state, message = "building", ""
         if name in functions:
             log.error("skipping %s: function %s is already defined in %s", path, name, functions[name].path)
             continue
-        functions[name] = ManagedFunction(name, path, config, state, message)
+        functions[name] = ManagedFunction(name, path, raw, config, state, message)
     return functions
 
 

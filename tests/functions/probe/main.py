@@ -1,5 +1,5 @@
-"""Test-only handler: describes the event and context it got, or sleeps, raises, exits or returns
-each form nuclio accepts, as the request asks."""
+"""Test-only handler: describes the event and context it got, or sleeps, raises, exits, returns
+each form nuclio accepts or answers a given status, as the request asks."""
 
 import os
 import time
@@ -41,6 +41,8 @@ def handler(context, event):
         os._exit(3)
     if action == "return":
         return RETURN_FORMS[body["form"]](context)
+    if action == "status":  # answer any status, as a function would for bad input (400) and so on
+        return context.Response(body=body["message"], status_code=body["status"], content_type="text/plain")
     return {
         "pid": os.getpid(),
         "worker_id": context.worker_id,

@@ -1,0 +1,93 @@
+"""The one HTTP client to nuclio (real, or our local platform): the function list and calls.
+
+Errors map to statuses as CVAT's lambda manager maps them (cvat-compat.md 3.8): cannot connect
+-> 503, timeout -> 504, an HTTP error from nuclio or the function -> that status with its
+message. One ``httpx.Client`` keeps connections alive across calls and threads.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from dispatcher.settings import Settings
+
+# What CVAT sends with every dashboard call (cvat-compat.md 2.3).
+NUCLIO_HEADERS = {"x-nuclio-project-name": "cvat", "x-nuclio-function-namespace": "nuclio",
+                  "x-nuclio-invoke-via": "domain-name"}
+
+
+class GatewayError(Exception):
+    """A failed call to nuclio or a function; ``status`` is what the API answers."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _upstream_message(response: httpx.Response) -> str:
+    """The readable part of an error reply: nuclio's {"error": ...}, or a function's text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or response.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body)
+    return str(body)
+
+
+class Gateway:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.client = httpx.Client(timeout=httpx.Timeout(settings.nuclio_timeout, connect=10.0),
+                                   limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _request(self, method: str, url: str, what: str, **kwargs) -> httpx.Response:
+        try:
+            response = self.client.request(method, url, **kwargs)
+        except httpx.ConnectError as error:
+            raise GatewayError(503, f"cannot connect to {what} at {url}: {error}") from None
+        except httpx.TimeoutException:
+            raise GatewayError(504, f"{what} did not answer within {self.settings.nuclio_timeout:g}s") from None
+        except httpx.HTTPError as error:
+            raise GatewayError(500, f"calling {what} failed: {error}") from None
+        if response.status_code >= 400:
+            raise GatewayError(response.status_code, _upstream_message(response))
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response, what: str) -> Any:
+        try:
+            return response.json()
+        except json.JSONDecodeError:
+            raise GatewayError(502, f"{what} replied with something that is not JSON: {response.text[:200]!r}") from None
+
+    def function_configs(self) -> list[dict]:
+        """Every function config the dashboard knows (it answers an object keyed by name)."""
+        response = self._request("GET", f"{self.settings.nuclio_url}/api/functions", "nuclio", headers=NUCLIO_HEADERS)
+        return list(self._json(response, "nuclio").values())
+
+    def function_config(self, name: str) -> dict:
+        response = self._request("GET", f"{self.settings.nuclio_url}/api/functions/{name}", "nuclio",
+                                 headers=NUCLIO_HEADERS)
+        return self._json(response, "nuclio")
+
+    def invoke(self, name: str, http_port: int, payload: dict) -> Any:
+        """Call a function with a JSON payload; returns its parsed JSON reply."""
+        body = json.dumps(payload).encode()
+        what = f"function {name}"
+        if self.settings.nuclio_invoke_method == "direct":
+            url = f"http://{self.settings.nuclio_function_host}:{http_port}/"
+            response = self._request("POST", url, what, content=body, headers={"content-type": "application/json"})
+        else:
+            headers = {**NUCLIO_HEADERS, "content-type": "application/json", "x-nuclio-function-name": name,
+                       "x-nuclio-path": "/", "x-nuclio-invoke-timeout": f"{self.settings.nuclio_timeout:g}s"}
+            response = self._request("POST", f"{self.settings.nuclio_url}/api/function_invocations", what,
+                                     content=body, headers=headers)
+        return self._json(response, what)

@@ -1,0 +1,92 @@
+"""The function catalogue as CVAT's ``/api/lambda/functions`` serves it, read from nuclio.
+
+A function with invalid metadata (unknown kind, bad spec, duplicate labels: cvat-compat.md 3.3) is
+left out of the list, as CVAT does, and answers 500 with the reason when asked for by id. A
+function that is not ready stays listed with its ``state`` and ``message`` (our extension fields),
+and calling it answers 503 with the reason instead of CVAT's 500 (its defect 20).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher.gateway import Gateway, GatewayError
+from serverless.common.metadata import FunctionMeta, LabelSpec, MetadataError
+
+log = logging.getLogger("dispatcher")
+
+
+class InvalidFunction(GatewayError):
+    def __init__(self, function_id: str, error: MetadataError):
+        super().__init__(500, f"function {function_id} has invalid metadata: {error}")
+
+
+@dataclass(frozen=True)
+class LambdaFunction:
+    meta: FunctionMeta
+    state: str  # nuclio's: ready, building, error, ...
+    message: str
+    http_port: int
+
+    @property
+    def id(self) -> str:
+        return self.meta.id
+
+    @classmethod
+    def from_config(cls, config: dict) -> "LambdaFunction":
+        status = config.get("status") or {}
+        # A dashboard that reports no state is taken at its word that the function exists and runs.
+        return cls(FunctionMeta.from_nuclio(config), status.get("state") or "ready",
+                   status.get("message") or "", int(status.get("httpPort") or 0))
+
+    def to_api(self) -> dict:
+        """CVAT's function object (cvat-compat.md 3.3), plus ``state`` and ``message``."""
+        meta = self.meta
+        body = {"id": meta.id, "kind": meta.kind, "name": meta.name, "description": meta.description,
+                "version": meta.version, "labels_v2": [_label_v2(label) for label in meta.labels],
+                "state": self.state, "message": self.message}
+        if meta.kind == "interactor":
+            body.update(min_pos_points=meta.min_pos_points, min_neg_points=meta.min_neg_points,
+                        startswith_box=meta.startswith_box, startswith_box_optional=meta.startswith_box_optional,
+                        help_message=meta.help_message, animated_gif=meta.animated_gif)
+        elif meta.kind == "tracker":
+            body["supported_shape_types"] = list(meta.supported_shape_types or ("rectangle",))
+        return body
+
+
+def _label_v2(label: LabelSpec) -> dict:
+    entry = {"name": label.name, "type": label.type,
+             "attributes": [{"name": a.name, "input_type": a.input_type, "values": list(a.values)}
+                            for a in label.attributes]}
+    if label.type == "skeleton":
+        entry.update(sublabels=[_label_v2(sublabel) for sublabel in label.sublabels], svg=label.svg)
+    return entry
+
+
+class Registry:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    def functions(self) -> list[LambdaFunction]:
+        functions = []
+        for config in self.gateway.function_configs():
+            try:
+                functions.append(LambdaFunction.from_config(config))
+            except MetadataError as error:
+                log.warning("leaving out function %s: %s", (config.get("metadata") or {}).get("name"), error)
+        return sorted(functions, key=lambda function: function.id)
+
+    def function(self, function_id: str) -> LambdaFunction:
+        config = self.gateway.function_config(function_id)  # an unknown id is nuclio's 404
+        try:
+            return LambdaFunction.from_config(config)
+        except MetadataError as error:
+            raise InvalidFunction(function_id, error) from None
+
+    def call(self, function: LambdaFunction, payload: dict) -> Any:
+        if function.state != "ready":
+            reason = f": {function.message}" if function.message else ""
+            raise GatewayError(503, f"function {function.id} is not ready (state {function.state}){reason}")
+        return self.gateway.invoke(function.id, function.http_port, payload)

@@ -1,0 +1,144 @@
+"""The dispatcher's gateway and function registry against a real local nuclio platform over HTTP."""
+
+import json
+
+import pytest
+
+from dispatcher import settings as dispatcher_settings
+from dispatcher.gateway import Gateway, GatewayError
+from dispatcher.registry import InvalidFunction, Registry
+
+from conftest import PROBE, RunningProcess, copy_function, free_port, wait_until
+
+SKELETON_SPEC = json.dumps([{"id": 0, "name": "pose", "type": "skeleton", "svg": "<line x1=\"1\"/>",
+                             "sublabels": [{"id": 1, "name": "nose", "type": "points"},
+                                           {"id": 2, "name": "tail", "type": "points"}]}])
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    tree = tmp_path_factory.mktemp("tree")
+    copy_function(PROBE, tree / "probe")
+    copy_function(PROBE, tree / "broken", **{"metadata.name": "probe-init-fails",
+                                             "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "no weights"}]})
+    copy_function(PROBE, tree / "invalid", **{"metadata.name": "probe-invalid", "metadata.annotations.type": "classifier"})
+    copy_function(PROBE, tree / "interactor", **{
+        "metadata.name": "probe-interactor", "metadata.annotations.type": "interactor",
+        "metadata.annotations.spec": "", "metadata.annotations.version": 2,
+        "metadata.annotations.min_pos_points": 4, "metadata.annotations.startswith_box": True,
+        "metadata.annotations.help_message": "click the extreme points"})
+    copy_function(PROBE, tree / "skeleton", **{"metadata.name": "probe-skeleton",
+                                               "metadata.annotations.spec": SKELETON_SPEC})
+    running = RunningProcess(["platform", str(tree)], free_port())
+    try:
+        def settled():
+            functions = running.get_json("/api/functions")
+            return functions and all(f["status"]["state"] != "building" for f in functions.values())
+
+        wait_until(settled, 90, "the platform's functions to start")
+        yield running
+    finally:
+        running.close()
+
+
+def registry_for(platform, **environ) -> Registry:
+    return Registry(Gateway(dispatcher_settings.load({"NUCLIO_URL": platform.url, **environ})))
+
+
+@pytest.fixture(scope="module", params=["dashboard", "direct"])
+def registry(platform, request):
+    registry = registry_for(platform, NUCLIO_INVOKE_METHOD=request.param)
+    yield registry
+    registry.gateway.close()
+
+
+def test_list_keeps_broken_functions_with_their_state_and_leaves_out_invalid_ones(registry):
+    functions = {f.id: f for f in registry.functions()}
+    assert set(functions) == {"runtime-probe", "probe-init-fails", "probe-interactor", "probe-skeleton"}
+    assert functions["runtime-probe"].to_api()["state"] == "ready"
+    broken = functions["probe-init-fails"].to_api()
+    assert (broken["state"], broken["message"]) == ("error", "init_context failed: RuntimeError: no weights")
+
+
+def test_function_objects_have_cvats_fields(registry):
+    detector = registry.function("runtime-probe").to_api()
+    assert detector == {"id": "runtime-probe", "kind": "detector", "name": "Runtime probe",
+                        "description": "Reports what a handler sees", "version": 1,
+                        "labels_v2": [{"name": "thing", "type": "rectangle", "attributes": []}],
+                        "state": "ready", "message": ""}
+    interactor = registry.function("probe-interactor").to_api()
+    assert {k: interactor[k] for k in ("kind", "version", "labels_v2", "min_pos_points", "min_neg_points",
+                                       "startswith_box", "startswith_box_optional", "help_message")} == {
+        "kind": "interactor", "version": 2, "labels_v2": [], "min_pos_points": 4, "min_neg_points": -1,
+        "startswith_box": True, "startswith_box_optional": False, "help_message": "click the extreme points"}
+    (pose,) = registry.function("probe-skeleton").to_api()["labels_v2"]
+    assert pose == {"name": "pose", "type": "skeleton", "attributes": [], "svg": "<line x1=\"1\"/>",
+                    "sublabels": [{"name": "nose", "type": "points", "attributes": []},
+                                  {"name": "tail", "type": "points", "attributes": []}]}
+
+
+def test_unknown_and_invalid_functions(registry):
+    with pytest.raises(GatewayError) as unknown:
+        registry.function("nope")
+    assert unknown.value.status == 404 and "nope not found" in unknown.value.message
+    with pytest.raises(InvalidFunction) as invalid:
+        registry.function("probe-invalid")
+    assert invalid.value.status == 500 and "metadata.annotations.type" in invalid.value.message
+
+
+def test_calls_reach_the_function_with_the_payload(registry):
+    seen = registry.call(registry.function("runtime-probe"), {"image": "abc", "threshold": 0})
+    assert seen["body"] == {"image": "abc", "threshold": 0}  # threshold 0 arrives (CVAT's defect 1)
+    assert (seen["method"], seen["path"], seen["content_type"]) == ("POST", "/", "application/json")
+
+
+def test_function_errors_keep_their_status_and_message(registry):
+    probe = registry.function("runtime-probe")
+    with pytest.raises(GatewayError) as bad_input:
+        registry.call(probe, {"action": "status", "status": 400, "message": "'image' is not valid base64"})
+    assert (bad_input.value.status, bad_input.value.message) == (400, "'image' is not valid base64")
+    with pytest.raises(GatewayError) as crash:
+        registry.call(probe, {"action": "raise", "message": "model exploded"})
+    assert crash.value.status == 500 and '"model exploded"' in crash.value.message
+    with pytest.raises(GatewayError) as not_json:
+        registry.call(probe, {"action": "return", "form": "str"})
+    assert not_json.value.status == 502 and "not JSON" in not_json.value.message
+
+
+def test_a_function_that_is_not_ready_answers_503_with_the_reason(registry):
+    with pytest.raises(GatewayError) as error:
+        registry.call(registry.function("probe-init-fails"), {})
+    assert error.value.status == 503
+    assert error.value.message == ("function probe-init-fails is not ready (state error): "
+                                   "init_context failed: RuntimeError: no weights")
+
+
+@pytest.mark.parametrize("method", ["dashboard", "direct"])
+def test_timeout_is_504(platform, method):
+    registry = registry_for(platform, NUCLIO_INVOKE_METHOD=method, NUCLIO_TIMEOUT="0.5")
+    with pytest.raises(GatewayError) as error:
+        registry.call(registry.function("runtime-probe"), {"action": "sleep", "seconds": 1.5})
+    assert error.value.status == 504
+
+
+def test_nuclio_down_is_503():
+    registry = Registry(Gateway(dispatcher_settings.load({"NUCLIO_URL": f"http://127.0.0.1:{free_port()}"})))
+    with pytest.raises(GatewayError) as error:
+        registry.functions()
+    assert error.value.status == 503 and "cannot connect to nuclio" in error.value.message
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"NUCLIO_INVOKE_METHOD": "carrier-pigeon"}, "NUCLIO_INVOKE_METHOD"),
+    ({"NUCLIO_TIMEOUT": "soon"}, "NUCLIO_TIMEOUT"),
+    ({"NUCLIO_TIMEOUT": "0"}, "must be positive"),
+])
+def test_bad_settings_are_refused_by_name(environ, message):
+    with pytest.raises(ValueError, match=message):
+        dispatcher_settings.load(environ)
+
+
+def test_settings_defaults():
+    settings = dispatcher_settings.load({})
+    assert settings == dispatcher_settings.Settings("http://127.0.0.1:8070", "dashboard", "127.0.0.1", 120.0)
+    assert dispatcher_settings.load({"NUCLIO_URL": "http://nuclio:8070/"}).nuclio_function_host == "nuclio"
