@@ -61,3 +61,11 @@ def test_mask_to_polygons_separate_objects_and_specks():
     polygons = masks.mask_to_polygons(mask)
     assert len(polygons) == 2
     assert all(len(p) >= 6 and len(p) % 2 == 0 for p in polygons)
+
+
+def test_mask_to_polygons_keeps_objects_two_pixels_thick():
+    mask = np.zeros((10, 20), dtype=bool)
+    mask[4:6, 2:18] = True  # a bar 16 x 2: any simplification would flatten it into a line
+    (polygon,) = masks.mask_to_polygons(mask)
+    points = np.array(polygon).reshape(-1, 2)
+    assert sorted(map(tuple, points.tolist())) == [(2, 4), (2, 5), (17, 4), (17, 5)]

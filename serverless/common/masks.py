@@ -69,11 +69,13 @@ def rle_encode(crop: np.ndarray) -> list[int]:
     return [0] + runs if flat.size and flat[0] else runs
 
 
-def mask_to_polygons(mask: np.ndarray, *, offset: tuple[int, int] = (0, 0), tolerance: float = 1.0) -> list[list[float]]:
+def mask_to_polygons(mask: np.ndarray, *, offset: tuple[int, int] = (0, 0), tolerance: float = 0.0) -> list[list[float]]:
     """Outer contours of a boolean mask as flat ``[x1, y1, x2, y2, ...]`` polygons of 3+ points.
 
     ``offset`` shifts the result (for a mask crop placed at ``offset`` in the image);
-    ``tolerance`` is the Douglas-Peucker distance in pixels (0 keeps every contour point).
+    ``tolerance`` is the Douglas-Peucker distance in pixels. The default 0 keeps the exact outline
+    (straight runs are already one segment each): any simplification can flatten an object two
+    pixels thick into a line, which is then lost.
     """
     contours, _ = cv2.findContours((mask != 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
