@@ -1,0 +1,204 @@
+"""Annotation requests: their ids, who may run at the same time, their chunks and their progress.
+
+State lives in Redis so that the API and any number of workers on any host share it (``dispatcher``
+is the default key prefix):
+
+- ``dispatcher:request:<id>``: a hash with the request's parameters, status and counters;
+- ``dispatcher:request:<id>:failures``: frame -> reason, for frames that failed for good;
+- ``dispatcher:running:task:<task>`` / ``dispatcher:running:job:<job>``: the request holding a target;
+- ``dispatcher:requests``: every request id, for listing.
+
+Unlike CVAT (cvat-compat.md section 8): requests are keyed by their target, so two jobs of one task
+can run together (defect 12) and only overlapping targets conflict; progress counts the frames of
+the target, so job runs go from 0 to 100 (defect 7); failed and cancelled requests stay listed with
+their reason until their TTL (defect 11).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+
+PREFIX = "dispatcher"
+FINAL_STATES = ("finished", "failed", "cancelled")
+# Take a target only if no live request holds an overlapping one: a task run conflicts with any run
+# of the task or of one of its jobs; a job run with a run of that job or of its task. A holder whose
+# record is gone or final (its process died before releasing) does not count. One script, so two
+# clients asking at once cannot both win; it also starts the new record as queued.
+# KEYS: own target key, then (task run) the task's job-runs set, or (job run) the task key and that set.
+# ARGV: request id, "task" or "job", the request key prefix.
+_CLAIM = """
+local function live(rid)
+  if not rid then return false end
+  local status = redis.call('HGET', ARGV[3] .. rid, 'status')
+  return status == 'queued' or status == 'started'
+end
+local holder = redis.call('GET', KEYS[1])
+if live(holder) then return holder end
+if ARGV[2] == 'job' then
+  holder = redis.call('GET', KEYS[2])
+  if live(holder) then return holder end
+else
+  for _, rid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if live(rid) then return rid end
+    redis.call('SREM', KEYS[2], rid)
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[2] == 'job' then redis.call('SADD', KEYS[3], ARGV[1]) end
+redis.call('DEL', ARGV[3] .. ARGV[1], ARGV[3] .. ARGV[1] .. ':failures')
+redis.call('HSET', ARGV[3] .. ARGV[1], 'status', 'queued')
+return false
+"""
+# Release a target only if this request still holds it. KEYS: own target key[, the task's job-runs set].
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[1]) end
+"""
+
+
+def request_id(target: str, target_id: int) -> str:
+    """CVAT's request id format, keyed by target (``target=job&target_id=<job>`` for job runs)."""
+    def escape(value: str) -> str:  # CVAT's escaping of values: '.' -> '~', ' ' -> '_'
+        return value.replace(".", "~").replace(" ", "_")
+
+    return "&".join(f"{k}={escape(str(v))}" for k, v in
+                    (("action", "autoannotate"), ("target", target), ("target_id", target_id)))
+
+
+def plan_chunks(frames: list[int], chunk_size: int) -> list[list[int]]:
+    """Consecutive runs of at most ``chunk_size`` frames, in order: one RQ job each, never one per frame."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    return [frames[start:start + chunk_size] for start in range(0, len(frames), chunk_size)]
+
+
+class Conflict(Exception):
+    """Another running request holds an overlapping target (409)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    task: int
+    job: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return "task" if self.job is None else "job"
+
+    @property
+    def id(self) -> int:
+        return self.task if self.job is None else self.job
+
+
+class RequestBook:
+    """Every request's record in Redis."""
+
+    def __init__(self, client: redis.Redis, finished_ttl: int, failed_ttl: int, prefix: str = PREFIX):
+        self.redis = client
+        self.prefix = prefix
+        self.finished_ttl = finished_ttl
+        self.failed_ttl = failed_ttl
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
+
+    def _key(self, rid: str, suffix: str = "") -> str:
+        return f"{self.prefix}:request:{rid}{suffix}"
+
+    def _holder_keys(self, target: Target) -> list[str]:
+        task_key = f"{self.prefix}:running:task:{target.task}"
+        task_jobs_key = f"{self.prefix}:running:task-jobs:{target.task}"
+        if target.job is None:
+            return [task_key, task_jobs_key]
+        return [f"{self.prefix}:running:job:{target.job}", task_key, task_jobs_key]
+
+    def create(self, target: Target, function_id: str, parameters: dict, frames: list[int]) -> str:
+        """Record a new queued request for ``frames`` of ``target``; raises Conflict with CVAT's message."""
+        rid = request_id(target.kind, target.id)
+        holder = self._claim(keys=self._holder_keys(target), args=[rid, target.kind, self._key("")])
+        if holder is not None:
+            raise Conflict(f"Only one running request is allowed for the same {target.kind} #{target.id} "
+                           f"(running: {holder.decode() if isinstance(holder, bytes) else holder})")
+        now = time.time()
+        record = {"function": function_id, "task": target.task, "job": "" if target.job is None else target.job,
+                  "parameters": json.dumps(parameters), "status": "queued", "total": len(frames), "done": 0,
+                  "failed": 0, "enqueued": now, "started": "", "ended": "", "exc_info": "", "cancel": 0}
+        with self.redis.pipeline() as pipe:  # the claim replaced any finished record of the same id
+            pipe.hset(self._key(rid), mapping=record)
+            pipe.sadd(f"{self.prefix}:requests", rid)
+            pipe.execute()
+        return rid
+
+    def get(self, rid: str) -> dict | None:
+        """The request as the API shows it, or None when unknown or expired."""
+        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(rid)).items()}
+        if not raw:
+            self.redis.srem(f"{self.prefix}:requests", rid)  # expired: stop listing it
+            return None
+        failures = {int(f): r.decode() for f, r in self.redis.hgetall(self._key(rid, ":failures")).items()}
+        total, done, failed = int(raw["total"]), int(raw["done"]), int(raw["failed"])
+        started = float(raw["started"]) if raw["started"] else None
+        ended = float(raw["ended"]) if raw["ended"] else None
+        elapsed = ((ended or time.time()) - started) if started else 0.0
+        fps = done / elapsed if elapsed > 0 else 0.0
+        remaining = total - done - failed
+        return {
+            "id": rid, "function_id": raw["function"], "task": int(raw["task"]),
+            "job": int(raw["job"]) if raw["job"] else None, "parameters": json.loads(raw["parameters"]),
+            "status": raw["status"], "enqueued": float(raw["enqueued"]), "started": started, "ended": ended,
+            "exc_info": raw["exc_info"] or None,
+            # Frames of the target, not of the task: a job run goes from 0 to 100 too (defect 7).
+            "progress": 100 if raw["status"] == "finished" else (100 * (done + failed) // total if total else 0),
+            "frames": {"total": total, "done": done, "failed": failed},
+            "fps": round(fps, 2), "eta_seconds": round(remaining / fps, 1) if fps > 0 and remaining else None,
+            "failures": [{"frame": frame, "reason": failures[frame]} for frame in sorted(failures)],
+            "cancel_requested": raw["cancel"] == "1",
+        }
+
+    def list(self) -> list[dict]:
+        ids = sorted(m.decode() for m in self.redis.smembers(f"{self.prefix}:requests"))
+        return [request for request in (self.get(rid) for rid in ids) if request is not None]
+
+    def mark_started(self, rid: str) -> None:
+        """The first chunk to start moves the request from queued to started (once)."""
+        if self.redis.hsetnx(self._key(rid), "started_marker", 1):
+            self.redis.hset(self._key(rid), mapping={"status": "started", "started": time.time()})
+
+    def frame_done(self, rid: str) -> None:
+        self.redis.hincrby(self._key(rid), "done", 1)
+
+    def frame_failed(self, rid: str, frame: int, reason: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(self._key(rid), "failed", 1)
+            pipe.hset(self._key(rid, ":failures"), frame, reason)
+            pipe.execute()
+
+    def request_cancel(self, rid: str) -> bool:
+        """Set the flag every chunk checks before each call; False when the request is unknown."""
+        if not self.redis.exists(self._key(rid)):
+            return False
+        self.redis.hset(self._key(rid), "cancel", 1)
+        return True
+
+    def cancel_requested(self, rid: str) -> bool:
+        return self.redis.hget(self._key(rid), "cancel") == b"1"
+
+    def finish(self, rid: str, status: str, exc_info: str = "") -> None:
+        """Final state: release the target, keep the record (and its failures) until its TTL."""
+        if status not in FINAL_STATES:
+            raise ValueError(f"{status!r} is not a final state ({', '.join(FINAL_STATES)})")
+        record = self.get(rid)
+        if record is None:
+            return
+        target = Target(record["task"], record["job"])
+        ttl = self.finished_ttl if status == "finished" else self.failed_ttl
+        holder_keys = self._holder_keys(target)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._key(rid), mapping={"status": status, "ended": time.time(), "exc_info": exc_info})
+            pipe.expire(self._key(rid), ttl)
+            pipe.expire(self._key(rid, ":failures"), ttl)
+            pipe.execute()
+        self._release(keys=[holder_keys[0]] + ([holder_keys[2]] if target.job is not None else []), args=[rid])
