@@ -3,8 +3,10 @@
 State lives in Redis so that the API and any number of workers on any host share it (``dispatcher``
 is the default key prefix):
 
-- ``dispatcher:request:<id>``: a hash with the request's parameters, status and counters;
-- ``dispatcher:request:<id>:failures``: frame -> reason, for frames that failed for good;
+- ``dispatcher:request:<id>``: a hash with the request's parameters and status;
+- ``dispatcher:request:<id>:done`` / ``:failures``: the frames done, and frame -> reason for frames
+  that failed for good. Sets, not counters: a chunk retried after its worker died must not count
+  its frames twice;
 - ``dispatcher:running:task:<task>`` / ``dispatcher:running:job:<job>``: the request holding a target;
 - ``dispatcher:requests``: every request id, for listing.
 
@@ -49,7 +51,7 @@ else
 end
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[2] == 'job' then redis.call('SADD', KEYS[3], ARGV[1]) end
-redis.call('DEL', ARGV[3] .. ARGV[1], ARGV[3] .. ARGV[1] .. ':failures')
+redis.call('DEL', ARGV[3] .. ARGV[1], ARGV[3] .. ARGV[1] .. ':done', ARGV[3] .. ARGV[1] .. ':failures')
 redis.call('HSET', ARGV[3] .. ARGV[1], 'status', 'queued')
 return false
 """
@@ -124,8 +126,8 @@ class RequestBook:
                            f"(running: {holder.decode() if isinstance(holder, bytes) else holder})")
         now = time.time()
         record = {"function": function_id, "task": target.task, "job": "" if target.job is None else target.job,
-                  "parameters": json.dumps(parameters), "status": "queued", "total": len(frames), "done": 0,
-                  "failed": 0, "enqueued": now, "started": "", "ended": "", "exc_info": "", "cancel": 0}
+                  "parameters": json.dumps(parameters), "status": "queued", "total": len(frames),
+                  "enqueued": now, "started": "", "ended": "", "exc_info": "", "cancel": 0}
         with self.redis.pipeline() as pipe:  # the claim replaced any finished record of the same id
             pipe.hset(self._key(rid), mapping=record)
             pipe.sadd(f"{self.prefix}:requests", rid)
@@ -139,7 +141,7 @@ class RequestBook:
             self.redis.srem(f"{self.prefix}:requests", rid)  # expired: stop listing it
             return None
         failures = {int(f): r.decode() for f, r in self.redis.hgetall(self._key(rid, ":failures")).items()}
-        total, done, failed = int(raw["total"]), int(raw["done"]), int(raw["failed"])
+        total, done, failed = int(raw["total"]), self.redis.scard(self._key(rid, ":done")), len(failures)
         started = float(raw["started"]) if raw["started"] else None
         ended = float(raw["ended"]) if raw["ended"] else None
         elapsed = ((ended or time.time()) - started) if started else 0.0
@@ -167,14 +169,14 @@ class RequestBook:
         if self.redis.hsetnx(self._key(rid), "started_marker", 1):
             self.redis.hset(self._key(rid), mapping={"status": "started", "started": time.time()})
 
-    def frame_done(self, rid: str) -> None:
-        self.redis.hincrby(self._key(rid), "done", 1)
+    def frame_done(self, rid: str, frame: int) -> None:
+        with self.redis.pipeline() as pipe:  # a frame that failed before and now succeeded is done
+            pipe.sadd(self._key(rid, ":done"), frame)
+            pipe.hdel(self._key(rid, ":failures"), frame)
+            pipe.execute()
 
     def frame_failed(self, rid: str, frame: int, reason: str) -> None:
-        with self.redis.pipeline() as pipe:
-            pipe.hincrby(self._key(rid), "failed", 1)
-            pipe.hset(self._key(rid, ":failures"), frame, reason)
-            pipe.execute()
+        self.redis.hset(self._key(rid, ":failures"), frame, reason)
 
     def request_cancel(self, rid: str) -> bool:
         """Set the flag every chunk checks before each call; False when the request is unknown."""
@@ -198,7 +200,7 @@ class RequestBook:
         holder_keys = self._holder_keys(target)
         with self.redis.pipeline() as pipe:
             pipe.hset(self._key(rid), mapping={"status": status, "ended": time.time(), "exc_info": exc_info})
-            pipe.expire(self._key(rid), ttl)
-            pipe.expire(self._key(rid, ":failures"), ttl)
+            for suffix in ("", ":done", ":failures"):
+                pipe.expire(self._key(rid, suffix), ttl)
             pipe.execute()
         self._release(keys=[holder_keys[0]] + ([holder_keys[2]] if target.job is not None else []), args=[rid])

@@ -94,16 +94,19 @@ def test_progress_counts_the_frames_of_the_target(book):
     started = book.get(rid)["started"]
     book.mark_started(rid)  # a second chunk starting does not move the start
     assert book.get(rid)["started"] == started and book.get(rid)["status"] == "started"
-    book.frame_done(rid)
+    book.frame_done(rid, 100)
     book.frame_failed(rid, 102, "function answered 500: boom")
+    book.frame_done(rid, 100)  # a retried chunk reports frame 100 again: still one frame
     request = book.get(rid)
     assert request["progress"] == 50
     assert request["frames"] == {"total": 4, "done": 1, "failed": 1}
     assert request["failures"] == [{"frame": 102, "reason": "function answered 500: boom"}]
     assert request["parameters"] == {"threshold": 0} and request["job"] == 61
     time.sleep(0.05)
-    book.frame_done(rid)
-    book.frame_done(rid)
+    book.frame_done(rid, 101)
+    book.frame_done(rid, 102)  # the retry of frame 102 succeeded: no longer a failure
+    assert book.get(rid)["failures"] == [] and book.get(rid)["progress"] == 75
+    book.frame_done(rid, 103)
     book.finish(rid, "finished")
     request = book.get(rid)
     assert (request["status"], request["progress"]) == ("finished", 100)
