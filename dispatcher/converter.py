@@ -207,7 +207,7 @@ def convert(items: list, mapping: dict[str, LabelMapping], frame: int, conv_mask
                 shapes.append(skeleton)
         elif shape_type in SHAPE_TYPES:
             shapes.append(_shape(item, label_mapping, attributes, frame, where, shape_type,
-                                 _points(item.get("points"), shape_type, where)))
+                                 checked_points(item.get("points"), shape_type, where)))
         else:
             raise BadFunctionOutput(f"{where}: unknown type {shape_type!r}")
     return Conversion(tags, shapes, dropped)
@@ -233,7 +233,7 @@ def _shape(item: dict, label_mapping: LabelMapping, attributes: list[dict], fram
     return shape
 
 
-def _points(value, shape_type: str, where: str) -> list:
+def checked_points(value, shape_type: str, where: str) -> list:
     points = [] if value is None else value
     if not isinstance(points, list) or not all(_is_number(v) for v in points):
         raise BadFunctionOutput(f"{where}: 'points' must be a flat list of finite numbers")
@@ -258,7 +258,7 @@ def _mask_shapes(item: dict, label_mapping: LabelMapping, attributes: list[dict]
                  conv_mask_to_poly: bool, where: str, dropped: list[str]) -> list[dict]:
     crop, box = _function_mask(item.get("mask"), where)
     # Optional polygon for conv_mask_to_poly (1.6); our functions send [] when they have none.
-    polygon = _points(item["points"], "polygon", where) if item.get("points") else []
+    polygon = checked_points(item["points"], "polygon", where) if item.get("points") else []
     if not conv_mask_to_poly:
         return [_shape(item, label_mapping, attributes, frame, where, "mask", masks.rle_encode(crop) + list(box))]
     if polygon:
@@ -288,7 +288,7 @@ def _function_mask(value, where: str) -> tuple[np.ndarray, masks.Box]:
 def _skeleton(item: dict, label_mapping: LabelMapping, attributes: list[dict], frame: int, where: str,
               dropped: list[str]) -> dict | None:
     skeleton = _shape(item, label_mapping, attributes, frame, where, "skeleton",
-                      _points(item.get("points"), "skeleton", where))
+                      checked_points(item.get("points"), "skeleton", where))
     elements = item.get("elements") or []
     if not isinstance(elements, list):
         raise BadFunctionOutput(f"{where}: 'elements' must be a list")
@@ -304,7 +304,7 @@ def _skeleton(item: dict, label_mapping: LabelMapping, attributes: list[dict], f
         if element.get("type") != "points":
             raise BadFunctionOutput(f"{element_where}: skeleton elements must be of type points, "
                                     f"got {element.get('type')!r}")
-        points = _points(element.get("points"), "points", element_where)
+        points = checked_points(element.get("points"), "points", element_where)
         if len(points) != 2:
             raise BadFunctionOutput(f"{element_where}: a skeleton element is one point, got {len(points)} numbers")
         sublabel_id = sublabel_mapping.task_label.id

@@ -6,9 +6,15 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 INVOKE_METHODS = ("dashboard", "direct")
+# The repository root: data_dir's default lives beside the code.
+REPOSITORY = Path(__file__).resolve().parents[1]
+# URL schemes the task store can use; the bare PostgreSQL spellings mean psycopg 3, the one driver installed.
+DATABASE_SCHEMES = {"sqlite": "sqlite", "postgresql+psycopg": "postgresql+psycopg",
+                    "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,14 @@ class Settings:
     nuclio_invoke_method: str  # "dashboard": through /api/function_invocations; "direct": the function's port
     nuclio_function_host: str  # where "direct" finds the functions' ports
     nuclio_timeout: float  # seconds, per call (CVAT's default: 120)
+    database_url: str | None  # the task store's SQLAlchemy URL; None: SQLite at <data_dir>/dispatcher.sqlite3
+    data_dir: Path  # the task store's files: the SQLite database, uploaded frames
+    server_files_root: Path | None  # the directory tasks may take frames from by path; None: server files disabled
+    redis_url: str  # requests' state and the RQ queue "annotation"
+    frame_retries: int  # further calls after a retryable failure (5xx, timeout, function down)
+    retry_backoff: float  # seconds before the first retry, doubling after each
+    finished_request_ttl: int  # seconds a finished request stays listed (CVAT: 30 min)
+    failed_request_ttl: int  # seconds a failed or cancelled request stays listed (CVAT: 3 h)
 
 
 def load(environ: dict[str, str] | None = None) -> Settings:
@@ -25,19 +39,49 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     method = environ.get("NUCLIO_INVOKE_METHOD", "dashboard").lower()
     if method not in INVOKE_METHODS:
         raise ValueError(f"NUCLIO_INVOKE_METHOD={method!r} is not one of {', '.join(INVOKE_METHODS)}")
-    raw_timeout = environ.get("NUCLIO_TIMEOUT", "120")
-    try:
-        timeout = float(raw_timeout)
-    except ValueError:
-        raise ValueError(f"NUCLIO_TIMEOUT={raw_timeout!r} is not a number of seconds") from None
-    if timeout <= 0:
-        raise ValueError(f"NUCLIO_TIMEOUT={raw_timeout!r} must be positive")
+    timeout = _number(environ, "NUCLIO_TIMEOUT", "120", float, positive=True)
+    data_dir = Path(environ.get("DATA_DIR") or REPOSITORY / "data")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"DATA_DIR={str(data_dir)!r} is not a directory")
+    server_files_root = Path(environ["SERVER_FILES_ROOT"]) if environ.get("SERVER_FILES_ROOT") else None
+    if server_files_root is not None and not server_files_root.is_dir():
+        raise ValueError(f"SERVER_FILES_ROOT={str(server_files_root)!r} is not a directory")
     return Settings(
         nuclio_url=nuclio_url,
         nuclio_invoke_method=method,
         nuclio_function_host=environ.get("NUCLIO_FUNCTION_HOST") or urlsplit(nuclio_url).hostname or "127.0.0.1",
         nuclio_timeout=timeout,
+        database_url=_database_url(environ.get("DATABASE_URL") or None),
+        data_dir=data_dir,
+        server_files_root=server_files_root,
+        redis_url=environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        frame_retries=_number(environ, "FRAME_RETRIES", "2", int, positive=False),
+        retry_backoff=_number(environ, "RETRY_BACKOFF", "0.5", float, positive=False),
+        finished_request_ttl=_number(environ, "FINISHED_REQUEST_TTL", "1800", int, positive=True),
+        failed_request_ttl=_number(environ, "FAILED_REQUEST_TTL", "10800", int, positive=True),
     )
+
+
+def _number(environ: dict[str, str], name: str, default: str, kind: type, *, positive: bool):
+    raw = environ.get(name) or default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name}={raw!r} must be {'positive' if positive else 'zero or more'}")
+    return value
+
+
+def _database_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme not in DATABASE_SCHEMES:
+        # Only the scheme is echoed: the rest of the URL may hold a password.
+        got = repr(scheme) if separator else "no scheme"
+        raise ValueError(f"DATABASE_URL must start with sqlite:// or postgresql+psycopg://, got {got}")
+    return f"{DATABASE_SCHEMES[scheme]}://{rest}"
 
 
 @functools.cache

@@ -55,6 +55,7 @@ def registry(platform, request):
 def test_list_keeps_broken_functions_with_their_state_and_leaves_out_invalid_ones(registry):
     functions = {f.id: f for f in registry.functions()}
     assert set(functions) == {"runtime-probe", "probe-init-fails", "probe-interactor", "probe-skeleton"}
+    assert functions["runtime-probe"].workers == 2  # the probe's maxWorkers
     assert functions["runtime-probe"].to_api()["state"] == "ready"
     broken = functions["probe-init-fails"].to_api()
     assert (broken["state"], broken["message"]) == ("error", "init_context failed: RuntimeError: no weights")
@@ -130,8 +131,11 @@ def test_nuclio_down_is_503():
 
 @pytest.mark.parametrize("environ, message", [
     ({"NUCLIO_INVOKE_METHOD": "carrier-pigeon"}, "NUCLIO_INVOKE_METHOD"),
-    ({"NUCLIO_TIMEOUT": "soon"}, "NUCLIO_TIMEOUT"),
+    ({"NUCLIO_TIMEOUT": "soon"}, "NUCLIO_TIMEOUT='soon' is not a number"),
     ({"NUCLIO_TIMEOUT": "0"}, "must be positive"),
+    ({"FRAME_RETRIES": "-1"}, "FRAME_RETRIES='-1' must be zero or more"),
+    ({"FRAME_RETRIES": "2.5"}, "FRAME_RETRIES='2.5' is not an integer"),
+    ({"FAILED_REQUEST_TTL": "0"}, "FAILED_REQUEST_TTL='0' must be positive"),
 ])
 def test_bad_settings_are_refused_by_name(environ, message):
     with pytest.raises(ValueError, match=message):
@@ -140,5 +144,10 @@ def test_bad_settings_are_refused_by_name(environ, message):
 
 def test_settings_defaults():
     settings = dispatcher_settings.load({})
-    assert settings == dispatcher_settings.Settings("http://127.0.0.1:8070", "dashboard", "127.0.0.1", 120.0)
+    assert settings == dispatcher_settings.Settings("http://127.0.0.1:8070", "dashboard", "127.0.0.1", 120.0,
+                                                    None, dispatcher_settings.REPOSITORY / "data", None,
+                                                    "redis://127.0.0.1:6379/0", 2, 0.5, 1800, 10800)
     assert dispatcher_settings.load({"NUCLIO_URL": "http://nuclio:8070/"}).nuclio_function_host == "nuclio"
+    # Bare PostgreSQL URLs mean psycopg 3, the driver the project installs.
+    assert dispatcher_settings.load({"DATABASE_URL": "postgresql://db/tasks"}).database_url == \
+        "postgresql+psycopg://db/tasks"
