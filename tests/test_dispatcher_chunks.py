@@ -1,0 +1,175 @@
+"""Chunks of an annotation request, end to end on real parts: the local platform serving the real
+YOLO v3 function (tiny IR), the SQLite task store, and Redis."""
+
+import uuid
+from collections import Counter
+
+import pytest
+import redis
+
+from dispatcher import settings as dispatcher_settings
+from dispatcher.chunks import Services, run_chunk
+from dispatcher.gateway import Gateway
+from dispatcher.planner import RequestBook, Target, plan_chunks
+from dispatcher.registry import Registry
+from dispatcher.store import Store
+
+from conftest import PROBE, REPO, TESTDATA, RunningProcess, copy_function, free_port, wait_until
+
+YOLO = "openvino-omz-public-yolo-v3-tf"
+FRAMES = [TESTDATA / "ultralytics/bus.jpg", TESTDATA / "ultralytics/zidane.jpg"] + [
+    TESTDATA / f"coco128-val2017/images/{name}.jpg" for name in ("000000000139", "000000000632", "000000000785",
+                                                                 "000000000872")]
+LABELS = [{"name": "person", "type": "rectangle"}, {"name": "human", "type": "rectangle"},
+          {"name": "bus", "type": "rectangle"}, {"name": "car", "type": "any"}]
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    tree = tmp_path_factory.mktemp("tree")
+    copy_function(REPO / "serverless/openvino/omz/public/yolo-v3-tf/nuclio", tree / "yolo")
+    # Answers an object, not a list of items: unusable output. Frames are bigger than its 64 KiB limit.
+    copy_function(PROBE, tree / "probe", **{"spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
+    copy_function(PROBE, tree / "down", **{"metadata.name": "probe-down",
+                                           "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "no weights"}]})
+    running = RunningProcess(["platform", str(tree)], free_port())
+    try:
+        def settled():
+            functions = running.get_json("/api/functions")
+            return functions and all(f["status"]["state"] != "building" for f in functions.values())
+
+        wait_until(settled, 90, "the platform's functions to start")
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def services(platform, tmp_path):
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    prefix = f"dispatcher-test-{uuid.uuid4().hex}"
+    store = Store(None, tmp_path / "data", None)
+    settings = dispatcher_settings.load({"NUCLIO_URL": platform.url})
+    yield Services(RequestBook(client, 1800, 10800, prefix), Registry(Gateway(settings)), store, retries=1, backoff=0.05)
+    store.close()
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def new_task(services, segment_size=None) -> dict:
+    task = services.store.create_task("street", LABELS, segment_size)
+    services.store.add_frames(task["id"], [(path.name, path.read_bytes()) for path in FRAMES])
+    return services.store.get_task(task["id"])
+
+
+def run_request(services, task, function=YOLO, job=None, chunk_size=3, **parameters) -> str:
+    target = Target(task["id"], job)
+    frames = services.store.job_frames(job) if job else list(range(task["size"]))
+    rid = services.book.create(target, function, parameters, frames)
+    for chunk in plan_chunks(frames, chunk_size):
+        run_chunk(rid, chunk, services)
+    return rid
+
+
+def label_ids(task) -> dict[str, int]:
+    return {label["name"]: label["id"] for label in task["labels"]}
+
+
+def shapes_by_frame(services, task) -> dict[int, list[dict]]:
+    shapes = {}
+    for shape in services.store.get_annotations(task["id"])["shapes"]:
+        shapes.setdefault(shape["frame"], []).append(shape)
+    return shapes
+
+
+def test_a_request_in_two_chunks_annotates_every_frame_with_task_label_ids(services):
+    task = new_task(services)
+    rid = run_request(services, task, threshold=0.3)
+    request = services.book.get(rid)
+    assert (request["status"], request["progress"], request["frames"]) == (
+        "finished", 100, {"total": 6, "done": 6, "failed": 0})
+    ids = label_ids(task)
+    shapes = shapes_by_frame(services, task)
+    on_bus = Counter(shape["label_id"] for shape in shapes[0])
+    assert on_bus[ids["person"]] >= 3 and on_bus[ids["bus"]] == 0  # tiny sees this bus only at 0.15
+    assert all(shape["source"] == "auto" and shape["type"] == "rectangle" for s in shapes.values() for shape in s)
+    # By-name mapping: YOLO's "person" and "car" only; "human" is no YOLO label.
+    assert {shape["label_id"] for s in shapes.values() for shape in s} <= {ids["person"], ids["car"], ids["bus"]}
+    assert services.store.request_frames(rid) == set(range(6))
+
+
+def test_threshold_zero_is_forwarded(services):
+    task = new_task(services)
+    run_request(services, task, threshold=0.5)
+    default = len(services.store.get_annotations(task["id"])["shapes"])
+    other = services.store.create_task("again", LABELS)
+    services.store.add_frames(other["id"], [(p.name, p.read_bytes()) for p in FRAMES])
+    run_request(services, services.store.get_task(other["id"]), threshold=0.1)
+    assert len(services.store.get_annotations(other["id"])["shapes"]) > default
+
+
+def test_a_chunk_that_runs_again_does_not_duplicate_shapes(services):
+    task = new_task(services)
+    rid = run_request(services, task, threshold=0.3)
+    before = services.store.get_annotations(task["id"])["shapes"]
+    services.book.redis.hset(f"{services.book.prefix}:request:{rid}", "status", "started")  # as if it never ended
+    run_chunk(rid, [0, 1, 2], services)  # its worker died after writing; RQ runs the chunk again
+    after = services.store.get_annotations(task["id"])["shapes"]
+    assert len(after) == len(before)
+    assert services.book.get(rid)["frames"]["done"] == 6
+
+
+def test_cleanup_removes_old_annotations_once(services):
+    task = new_task(services)
+    ids = label_ids(task)
+    services.store.put_annotations(task["id"], {"version": 0, "tags": [], "tracks": [], "shapes": [
+        {"frame": 5, "label_id": ids["human"], "type": "rectangle", "points": [1, 1, 5, 5], "attributes": []}]})
+    run_request(services, task, threshold=0.3, cleanup=True)
+    shapes = services.store.get_annotations(task["id"])["shapes"]
+    assert ids["human"] not in {shape["label_id"] for shape in shapes}
+    assert {shape["frame"] for shape in shapes} >= {0, 1}  # the first chunk's results survived the second
+
+
+def test_explicit_mapping(services):
+    task = new_task(services)
+    run_request(services, task, threshold=0.3, mapping={"person": {"name": "human"}})
+    ids = label_ids(task)
+    assert {shape["label_id"] for shape in services.store.get_annotations(task["id"])["shapes"]} == {ids["human"]}
+
+
+def test_a_job_run_covers_its_frames_only_and_reaches_100(services):
+    task = new_task(services, segment_size=4)
+    second_job = task["jobs"][1]
+    rid = run_request(services, task, job=second_job["id"], threshold=0.3)
+    request = services.book.get(rid)
+    assert (request["status"], request["progress"], request["frames"]["total"]) == ("finished", 100, 2)
+    assert set(shapes_by_frame(services, task)) <= {4, 5}
+
+
+def test_unusable_output_fails_each_frame_and_the_request_says_why(services):
+    task = new_task(services)
+    rid = run_request(services, task, function="runtime-probe")
+    request = services.book.get(rid)
+    assert request["status"] == "failed" and request["frames"]["failed"] == 6
+    assert "runtime-probe returned unusable results" in request["failures"][0]["reason"]
+    assert request["exc_info"].startswith("every frame failed; first: frame 0")
+    assert services.store.get_annotations(task["id"])["shapes"] == []
+
+
+def test_a_function_that_is_down_fails_its_frames_after_retries(services):
+    task = new_task(services)
+    rid = run_request(services, task, function="probe-down")
+    failure = services.book.get(rid)["failures"][0]["reason"]
+    assert failure.startswith("function probe-down answered 503: function probe-down is not ready (state error)")
+
+
+def test_a_cancelled_request_runs_no_more_chunks(services):
+    task = new_task(services)
+    frames = list(range(task["size"]))
+    rid = services.book.create(Target(task["id"]), YOLO, {"threshold": 0.3}, frames)
+    run_chunk(rid, frames[:3], services)
+    services.book.request_cancel(rid)
+    assert run_chunk(rid, frames[3:], services) == {"skipped": True}
+    assert {shape["frame"] for shape in services.store.get_annotations(task["id"])["shapes"]} <= {0, 1, 2}
+    assert services.book.get(rid)["frames"]["done"] == 3
