@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 
 import redis
+import rq
 
 PREFIX = "dispatcher"
+QUEUE = "annotation"  # CVAT's queue name for auto-annotation
+CHUNK_FUNCTION = "dispatcher.chunks.annotate_chunk"
 FINAL_STATES = ("finished", "failed", "cancelled")
 # Take a target only if no live request holds an overlapping one: a task run conflicts with any run
 # of the task or of one of its jobs; a job run with a run of that job or of its task. A holder whose
@@ -51,7 +55,8 @@ else
 end
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[2] == 'job' then redis.call('SADD', KEYS[3], ARGV[1]) end
-redis.call('DEL', ARGV[3] .. ARGV[1], ARGV[3] .. ARGV[1] .. ':done', ARGV[3] .. ARGV[1] .. ':failures')
+redis.call('DEL', ARGV[3] .. ARGV[1], ARGV[3] .. ARGV[1] .. ':done', ARGV[3] .. ARGV[1] .. ':failures',
+           ARGV[3] .. ARGV[1] .. ':chunks')
 redis.call('HSET', ARGV[3] .. ARGV[1], 'status', 'queued')
 return false
 """
@@ -134,6 +139,13 @@ class RequestBook:
             pipe.execute()
         return rid
 
+    def add_chunk_jobs(self, rid: str, job_ids: list[str]) -> None:
+        self.redis.sadd(self._key(rid, ":chunks"), *job_ids)
+
+    def chunk_jobs(self, rid: str) -> list[str]:
+        """The RQ job ids of a request's chunks (a cancel removes the ones still queued)."""
+        return sorted(m.decode() for m in self.redis.smembers(self._key(rid, ":chunks")))
+
     def get(self, rid: str) -> dict | None:
         """The request as the API shows it, or None when unknown or expired."""
         raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(rid)).items()}
@@ -200,7 +212,24 @@ class RequestBook:
         holder_keys = self._holder_keys(target)
         with self.redis.pipeline() as pipe:
             pipe.hset(self._key(rid), mapping={"status": status, "ended": time.time(), "exc_info": exc_info})
-            for suffix in ("", ":done", ":failures"):
+            for suffix in ("", ":done", ":failures", ":chunks"):
                 pipe.expire(self._key(rid, suffix), ttl)
             pipe.execute()
         self._release(keys=[holder_keys[0]] + ([holder_keys[2]] if target.job is not None else []), args=[rid])
+
+
+def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str, parameters: dict,
+           frames: list[int], chunk_size: int, job_timeout: int) -> str:
+    """Record a request and enqueue one RQ job per chunk of its frames; raises Conflict (409)."""
+    rid = book.create(target, function_id, parameters, frames)
+    chunks = plan_chunks(frames, chunk_size)
+    # RQ job ids allow letters, digits, '-' and '_' only, so chunks get ids of their own.
+    job_ids = [f"autoannotate-{target.kind}-{target.id}-{uuid.uuid4().hex[:12]}-{index}" for index in range(len(chunks))]
+    if job_ids:
+        book.add_chunk_jobs(rid, job_ids)
+    for job_id, chunk in zip(job_ids, chunks):
+        queue.enqueue(CHUNK_FUNCTION, rid, chunk, job_id=job_id, job_timeout=job_timeout,
+                      result_ttl=book.finished_ttl, failure_ttl=book.failed_ttl)
+    if not frames:
+        book.finish(rid, "finished")  # nothing to annotate
+    return rid

@@ -27,6 +27,7 @@ class Settings:
     data_dir: Path  # the task store's files: the SQLite database, uploaded frames
     server_files_root: Path | None  # the directory tasks may take frames from by path; None: server files disabled
     redis_url: str  # requests' state and the RQ queue "annotation"
+    chunk_size: int  # frames per RQ job: tens to hundreds, never one job per frame
     frame_retries: int  # further calls after a retryable failure (5xx, timeout, function down)
     retry_backoff: float  # seconds before the first retry, doubling after each
     finished_request_ttl: int  # seconds a finished request stays listed (CVAT: 30 min)
@@ -55,6 +56,7 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         data_dir=data_dir,
         server_files_root=server_files_root,
         redis_url=environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        chunk_size=_number(environ, "CHUNK_SIZE", "64", int, positive=True),
         frame_retries=_number(environ, "FRAME_RETRIES", "2", int, positive=False),
         retry_backoff=_number(environ, "RETRY_BACKOFF", "0.5", float, positive=False),
         finished_request_ttl=_number(environ, "FINISHED_REQUEST_TTL", "1800", int, positive=True),

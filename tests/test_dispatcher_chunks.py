@@ -1,16 +1,21 @@
 """Chunks of an annotation request, end to end on real parts: the local platform serving the real
 YOLO v3 function (tiny IR), the SQLite task store, and Redis."""
 
+import os
+import subprocess
+import sys
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import redis
+import rq
 
 from dispatcher import settings as dispatcher_settings
 from dispatcher.chunks import Services, run_chunk
 from dispatcher.gateway import Gateway
-from dispatcher.planner import RequestBook, Target, plan_chunks
+from dispatcher.planner import QUEUE, RequestBook, Target, plan_chunks, submit
 from dispatcher.registry import Registry
 from dispatcher.store import Store
 
@@ -57,10 +62,10 @@ def services(platform, tmp_path):
         client.delete(*keys)
 
 
-def new_task(services, segment_size=None) -> dict:
-    task = services.store.create_task("street", LABELS, segment_size)
-    services.store.add_frames(task["id"], [(path.name, path.read_bytes()) for path in FRAMES])
-    return services.store.get_task(task["id"])
+def new_task(store, segment_size=None) -> dict:
+    task = store.create_task("street", LABELS, segment_size)
+    store.add_frames(task["id"], [(path.name, path.read_bytes()) for path in FRAMES])
+    return store.get_task(task["id"])
 
 
 def run_request(services, task, function=YOLO, job=None, chunk_size=3, **parameters) -> str:
@@ -84,7 +89,7 @@ def shapes_by_frame(services, task) -> dict[int, list[dict]]:
 
 
 def test_a_request_in_two_chunks_annotates_every_frame_with_task_label_ids(services):
-    task = new_task(services)
+    task = new_task(services.store)
     rid = run_request(services, task, threshold=0.3)
     request = services.book.get(rid)
     assert (request["status"], request["progress"], request["frames"]) == (
@@ -100,7 +105,7 @@ def test_a_request_in_two_chunks_annotates_every_frame_with_task_label_ids(servi
 
 
 def test_threshold_zero_is_forwarded(services):
-    task = new_task(services)
+    task = new_task(services.store)
     run_request(services, task, threshold=0.5)
     default = len(services.store.get_annotations(task["id"])["shapes"])
     other = services.store.create_task("again", LABELS)
@@ -110,7 +115,7 @@ def test_threshold_zero_is_forwarded(services):
 
 
 def test_a_chunk_that_runs_again_does_not_duplicate_shapes(services):
-    task = new_task(services)
+    task = new_task(services.store)
     rid = run_request(services, task, threshold=0.3)
     before = services.store.get_annotations(task["id"])["shapes"]
     services.book.redis.hset(f"{services.book.prefix}:request:{rid}", "status", "started")  # as if it never ended
@@ -121,7 +126,7 @@ def test_a_chunk_that_runs_again_does_not_duplicate_shapes(services):
 
 
 def test_cleanup_removes_old_annotations_once(services):
-    task = new_task(services)
+    task = new_task(services.store)
     ids = label_ids(task)
     services.store.put_annotations(task["id"], {"version": 0, "tags": [], "tracks": [], "shapes": [
         {"frame": 5, "label_id": ids["human"], "type": "rectangle", "points": [1, 1, 5, 5], "attributes": []}]})
@@ -132,14 +137,14 @@ def test_cleanup_removes_old_annotations_once(services):
 
 
 def test_explicit_mapping(services):
-    task = new_task(services)
+    task = new_task(services.store)
     run_request(services, task, threshold=0.3, mapping={"person": {"name": "human"}})
     ids = label_ids(task)
     assert {shape["label_id"] for shape in services.store.get_annotations(task["id"])["shapes"]} == {ids["human"]}
 
 
 def test_a_job_run_covers_its_frames_only_and_reaches_100(services):
-    task = new_task(services, segment_size=4)
+    task = new_task(services.store, segment_size=4)
     second_job = task["jobs"][1]
     rid = run_request(services, task, job=second_job["id"], threshold=0.3)
     request = services.book.get(rid)
@@ -148,7 +153,7 @@ def test_a_job_run_covers_its_frames_only_and_reaches_100(services):
 
 
 def test_unusable_output_fails_each_frame_and_the_request_says_why(services):
-    task = new_task(services)
+    task = new_task(services.store)
     rid = run_request(services, task, function="runtime-probe")
     request = services.book.get(rid)
     assert request["status"] == "failed" and request["frames"]["failed"] == 6
@@ -158,14 +163,14 @@ def test_unusable_output_fails_each_frame_and_the_request_says_why(services):
 
 
 def test_a_function_that_is_down_fails_its_frames_after_retries(services):
-    task = new_task(services)
+    task = new_task(services.store)
     rid = run_request(services, task, function="probe-down")
     failure = services.book.get(rid)["failures"][0]["reason"]
     assert failure.startswith("function probe-down answered 503: function probe-down is not ready (state error)")
 
 
 def test_a_cancelled_request_runs_no_more_chunks(services):
-    task = new_task(services)
+    task = new_task(services.store)
     frames = list(range(task["size"]))
     rid = services.book.create(Target(task["id"]), YOLO, {"threshold": 0.3}, frames)
     run_chunk(rid, frames[:3], services)
@@ -173,3 +178,33 @@ def test_a_cancelled_request_runs_no_more_chunks(services):
     assert run_chunk(rid, frames[3:], services) == {"skipped": True}
     assert {shape["frame"] for shape in services.store.get_annotations(task["id"])["shapes"]} <= {0, 1, 2}
     assert services.book.get(rid)["frames"]["done"] == 3
+
+
+def test_chunks_run_on_real_rq_worker_processes(platform, tmp_path):
+    redis_url = "redis://127.0.0.1:6379/14"  # a database of this test's own: workers use the default key prefix
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    data_dir = tmp_path / "data"
+    store = Store(None, data_dir, None)
+    try:
+        task = new_task(store)
+        book = RequestBook(client, 1800, 10800)
+        frames = list(range(task["size"]))
+        rid = submit(book, rq.Queue(QUEUE, connection=client), Target(task["id"]), YOLO, {"threshold": 0.3},
+                     frames, chunk_size=2, job_timeout=300)
+        assert len(book.chunk_jobs(rid)) == 3 and book.get(rid)["status"] == "queued"
+
+        environment = {**os.environ, "NUCLIO_URL": platform.url, "REDIS_URL": redis_url, "DATA_DIR": str(data_dir)}
+        rq_command = [str(Path(sys.executable).with_name("rq")), "worker", "--burst", "--url", redis_url, QUEUE]
+        workers = [subprocess.Popen(rq_command + ["--name", f"test-{uuid.uuid4().hex[:8]}-{n}"], env=environment,
+                                    cwd=REPO, stdout=subprocess.DEVNULL) for n in range(2)]
+        assert [worker.wait(120) for worker in workers] == [0, 0]
+
+        request = book.get(rid)
+        assert (request["status"], request["progress"], request["frames"]) == (
+            "finished", 100, {"total": 6, "done": 6, "failed": 0})
+        assert store.request_frames(rid) == set(frames)
+        assert len(store.get_annotations(task["id"])["shapes"]) > 0
+    finally:
+        store.close()
+        client.flushdb()
