@@ -29,6 +29,8 @@ class LambdaFunction:
     state: str  # nuclio's: ready, building, error, ...
     message: str
     http_port: int
+    workers: int  # its HTTP trigger's workers: how many calls it serves at once
+
 
     @property
     def id(self) -> str:
@@ -37,9 +39,13 @@ class LambdaFunction:
     @classmethod
     def from_config(cls, config: dict) -> "LambdaFunction":
         status = config.get("status") or {}
+        triggers = ((config.get("spec") or {}).get("triggers") or {}).values()
+        http = next((t for t in triggers if isinstance(t, dict) and t.get("kind") == "http"), {})
+        # numWorkers, or maxWorkers before nuclio 1.13; nuclio's default is one.
+        workers = http.get("numWorkers") or http.get("maxWorkers") or 1
         # A dashboard that reports no state is taken at its word that the function exists and runs.
         return cls(FunctionMeta.from_nuclio(config), status.get("state") or "ready",
-                   status.get("message") or "", int(status.get("httpPort") or 0))
+                   status.get("message") or "", int(status.get("httpPort") or 0), int(workers))
 
     def to_api(self) -> dict:
         """CVAT's function object (cvat-compat.md 3.3), plus ``state`` and ``message``."""
