@@ -106,6 +106,21 @@ def serve_function(path: Path, *, env: dict | None = None, until: str = "ready",
         running.close()
 
 
+@contextlib.contextmanager
+def serve_platform(tree: Path, timeout: float = 90):
+    """Run ``platform`` on a tree; wait until none of its functions is still building."""
+    running = RunningProcess(["platform", str(tree)], free_port())
+    try:
+        def settled():
+            functions = running.get_json("/api/functions")
+            return functions and all(f["status"]["state"] != "building" for f in functions.values())
+
+        wait_until(settled, timeout, f"every function under {tree} to leave state building")
+        yield running
+    finally:
+        running.close()
+
+
 def copy_function(source: Path, destination: Path, **changes) -> Path:
     """Copy a function folder and apply ``changes`` to its function.yaml (dotted keys, e.g. spec.eventTimeout)."""
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"))

@@ -19,7 +19,7 @@ from dispatcher.planner import QUEUE, RequestBook, Target, plan_chunks, submit
 from dispatcher.registry import Registry
 from dispatcher.store import Store
 
-from conftest import PROBE, REPO, TESTDATA, RunningProcess, copy_function, free_port, wait_until
+from conftest import PROBE, REPO, TESTDATA, copy_function, serve_platform
 
 YOLO = "openvino-omz-public-yolo-v3-tf"
 FRAMES = [TESTDATA / "ultralytics/bus.jpg", TESTDATA / "ultralytics/zidane.jpg"] + [
@@ -37,16 +37,8 @@ def platform(tmp_path_factory):
     copy_function(PROBE, tree / "probe", **{"spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
     copy_function(PROBE, tree / "down", **{"metadata.name": "probe-down",
                                            "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "no weights"}]})
-    running = RunningProcess(["platform", str(tree)], free_port())
-    try:
-        def settled():
-            functions = running.get_json("/api/functions")
-            return functions and all(f["status"]["state"] != "building" for f in functions.values())
-
-        wait_until(settled, 90, "the platform's functions to start")
+    with serve_platform(tree) as running:
         yield running
-    finally:
-        running.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from dispatcher import settings as dispatcher_settings
 from dispatcher.gateway import Gateway, GatewayError
 from dispatcher.registry import InvalidFunction, Registry
 
-from conftest import PROBE, RunningProcess, copy_function, free_port, wait_until
+from conftest import PROBE, copy_function, free_port, serve_platform
 
 SKELETON_SPEC = json.dumps([{"id": 0, "name": "pose", "type": "skeleton", "svg": "<line x1=\"1\"/>",
                              "sublabels": [{"id": 1, "name": "nose", "type": "points"},
@@ -29,16 +29,8 @@ def platform(tmp_path_factory):
         "metadata.annotations.help_message": "click the extreme points"})
     copy_function(PROBE, tree / "skeleton", **{"metadata.name": "probe-skeleton",
                                                "metadata.annotations.spec": SKELETON_SPEC})
-    running = RunningProcess(["platform", str(tree)], free_port())
-    try:
-        def settled():
-            functions = running.get_json("/api/functions")
-            return functions and all(f["status"]["state"] != "building" for f in functions.values())
-
-        wait_until(settled, 90, "the platform's functions to start")
+    with serve_platform(tree) as running:
         yield running
-    finally:
-        running.close()
 
 
 def registry_for(platform, **environ) -> Registry:

@@ -6,7 +6,7 @@ import pytest
 
 from serverless.runtime.platform import discover
 
-from conftest import FACE_FUNCTION, PROBE, TESTDATA, RunningProcess, b64_file, copy_function, free_port, wait_until
+from conftest import FACE_FUNCTION, PROBE, TESTDATA, b64_file, copy_function, serve_platform
 
 FACE = "openvino-omz-intel-face-detection-0205"
 
@@ -24,17 +24,8 @@ def platform(tmp_path_factory, face_models):
                   "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "cannot load"}]})
     copy_function(PROBE, tree / "test/invalid/nuclio", **{"metadata.name": "probe-invalid",
                                                           "metadata.annotations.type": "classifier"})
-    running = RunningProcess(["platform", str(tree)], free_port())
-    try:
-        def settled():
-            functions = running.get_json("/api/functions")
-            return functions if functions and all(
-                f["status"]["state"] != "building" for f in functions.values()) else None
-
-        wait_until(settled, 90, "every function to leave state building")
+    with serve_platform(tree) as running:
         yield running
-    finally:
-        running.close()
 
 
 def test_lists_every_function_with_its_state(platform):
