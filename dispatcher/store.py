@@ -10,7 +10,6 @@ what the RQ workers call: idempotent per (request, frame), with a request's clea
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import posixpath
@@ -20,7 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePath
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError
 from sqlalchemy import (JSON, Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text,
                         create_engine, delete, event, func, insert, select, text, update)
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,6 +27,8 @@ from dispatcher.converter import BadFunctionOutput, TaskAttribute, TaskLabel
 from dispatcher.converter import checked_points
 from serverless.common import masks
 from serverless.common import settings as function_settings
+from serverless.common.handler import BadRequest
+from serverless.common.images import open_image
 from serverless.common.metadata import SHAPE_TYPES, MetadataError, parse_label_spec
 
 
@@ -126,8 +126,6 @@ PATCH_ACTIONS = ("create", "update", "delete")
 SHAPE_AND_SKELETON_TYPES = (*SHAPE_TYPES, "skeleton")
 _SPEC_FIELD = "metadata.annotations.spec"  # how parse_label_spec names the label list in its messages
 _BATCH = 5000  # frames per IN (...) list, well below SQLite's and PostgreSQL's parameter limits
-# Orientations for which decode_image's exif_transpose swaps width and height.
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 def _engine(database_url: str):
@@ -670,25 +668,16 @@ def _update_jobs(connection, task_id: int, size: int, segment_size: int | None) 
 
 
 def _image_size(data: bytes, where: str, limit: int) -> tuple[int, int, str]:
-    """Width and height as decode_image will see them (EXIF orientation applied), and the format."""
+    """Width and height as decode_image will see them (EXIF orientation applied), and the format.
+    Decoded once here, with decode_image's own checks, so a bad file is refused now rather than
+    at every run."""
     if not isinstance(data, bytes):
         raise InvalidInput(f"{where}: the file content must be bytes")
     try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:  # Pillow's own check, for sizes far past its default limit
-        raise InvalidInput(f"{where}: more pixels than the limit of {limit}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InvalidInput(f"{where}: not an image file Pillow can read") from None
-    width, height = image.size
-    if width * height > limit:
-        raise InvalidInput(f"{where}: {width}x{height} = {width * height} pixels, over the limit of {limit}")
-    try:
-        image.load()  # decoded once here, so a truncated file is refused now rather than at every run
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InvalidInput(f"{where}: truncated or corrupt: {error}") from None
-    if image.getexif().get(ExifTags.Base.Orientation, 1) in _TRANSPOSING_ORIENTATIONS:
-        width, height = height, width
-    return width, height, image.format
+        image, image_format = open_image(data, limit)
+    except BadRequest as problem:
+        raise InvalidInput(f"{where}: {problem}") from None
+    return image.width, image.height, image_format
 
 
 # Annotations

@@ -28,18 +28,26 @@ def decode_image(data: object, *, max_pixels: int | None = None, field: str = "i
         encoded = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as error:
         raise BadRequest(f"'{field}' is not valid base64: {error}") from None
+    try:
+        image, _ = open_image(encoded, limit)
+    except BadRequest as problem:
+        raise BadRequest(f"'{field}' is {problem}") from None
+    return image if image.mode == "RGB" else image.convert("RGB")
 
+
+def open_image(encoded: bytes, max_pixels: int) -> tuple[Image.Image, str]:
+    """Open and fully decode an image file, EXIF orientation applied; returns it with Pillow's name
+    for its format. A problem is a ``BadRequest`` that says only what is wrong, for the caller to
+    prefix with which file it is."""
     try:
         image = Image.open(io.BytesIO(encoded))
     except UnidentifiedImageError:
-        raise BadRequest(f"'{field}' is not an image file Pillow can read") from None
+        raise BadRequest("not an image file Pillow can read") from None
     width, height = image.size
-    if width * height > limit:
-        raise BadRequest(f"'{field}' is {width}x{height} = {width * height} pixels, over the limit of {limit}")
+    if width * height > max_pixels:
+        raise BadRequest(f"{width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as error:
-        raise BadRequest(f"'{field}' is truncated or corrupt: {error}") from None
-
-    image = ImageOps.exif_transpose(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
+        raise BadRequest(f"truncated or corrupt: {error}") from None
+    return ImageOps.exif_transpose(image), image.format
