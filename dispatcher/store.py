@@ -839,36 +839,36 @@ def _checked_track(item, where: str, context: _TaskContext) -> dict:
 _CHECKS = {"tags": _checked_tag, "shapes": _checked_shape, "tracks": _checked_track}
 
 
-def _checked_data(data, context: _TaskContext) -> list[tuple[str, dict]]:
-    """LabeledData's items, checked and normalised, with no ids."""
+def _labeled_items(data):
+    """(kind, where, item) for each item of a LabeledData body, its structure checked."""
     if not isinstance(data, dict):
         raise InvalidInput("annotations: must be an object with tags, shapes and tracks")
-    items = []
     for kind in KINDS:
         kind_items = data.get(kind) or []
         if not isinstance(kind_items, list):
             raise InvalidInput(f"{kind}: must be a list")
         for index, item in enumerate(kind_items):
-            checked = _CHECKS[kind](item, f"{kind}[{index}]", context)
-            checked.pop("id", None)  # a track's own, as given
-            items.append((kind, checked))
+            yield kind, f"{kind}[{index}]", item
+
+
+def _checked_data(data, context: _TaskContext) -> list[tuple[str, dict]]:
+    """LabeledData's items, checked and normalised, with no ids."""
+    items = []
+    for kind, where, item in _labeled_items(data):
+        checked = _CHECKS[kind](item, where, context)
+        checked.pop("id", None)  # a track's own, as given
+        items.append((kind, checked))
     return items
 
 
 def _item_ids(connection, task_id: int, data) -> list[tuple[str, int]]:
     """The (kind, id) of each item of ``data``, every one an existing item of the task."""
-    if not isinstance(data, dict):
-        raise InvalidInput("annotations: must be an object with tags, shapes and tracks")
     wanted = []
-    for kind in KINDS:
-        kind_items = data.get(kind) or []
-        if not isinstance(kind_items, list):
-            raise InvalidInput(f"{kind}: must be a list")
-        for index, item in enumerate(kind_items):
-            item_id = item.get("id") if isinstance(item, dict) else None
-            if not _is_int(item_id):
-                raise InvalidInput(f"{kind}[{index}].id: required, an integer")
-            wanted.append((kind, item_id, f"{kind}[{index}]"))
+    for kind, where, item in _labeled_items(data):
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if not _is_int(item_id):
+            raise InvalidInput(f"{where}.id: required, an integer")
+        wanted.append((kind, item_id, where))
     existing = {}
     for batch in _batches(sorted({item_id for _, item_id, _ in wanted})):
         existing.update(connection.execute(select(annotations.c.id, annotations.c.kind).where(
