@@ -225,7 +225,7 @@ def _shape(item: dict, label_mapping: LabelMapping, attributes: list[dict], fram
              "points": points}
     if shape_type in ("rectangle", "ellipse"):
         rotation = item.get("rotation", 0)
-        if not _is_number(rotation):
+        if not is_number(rotation):
             raise BadFunctionOutput(f"{where}: 'rotation' must be a number of degrees, got {rotation!r}")
         shape["rotation"] = rotation
     shape.update({"occluded": False, "outside": outside, "z_order": 0, "group": group,
@@ -235,7 +235,7 @@ def _shape(item: dict, label_mapping: LabelMapping, attributes: list[dict], fram
 
 def checked_points(value, shape_type: str, where: str) -> list:
     points = [] if value is None else value
-    if not isinstance(points, list) or not all(_is_number(v) for v in points):
+    if not isinstance(points, list) or not all(is_number(v) for v in points):
         raise BadFunctionOutput(f"{where}: 'points' must be a flat list of finite numbers")
     if shape_type in _EXACT_COORDINATES and len(points) != _EXACT_COORDINATES[shape_type]:
         raise BadFunctionOutput(f"{where}: {shape_type} points need exactly {_EXACT_COORDINATES[shape_type]} "
@@ -248,10 +248,14 @@ def checked_points(value, shape_type: str, where: str) -> list:
     return list(points)
 
 
-def _is_number(value) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
+def is_int(value) -> bool:
+    """An integer, and not a bool (which Python counts as one)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """An integer or a finite float, and not a bool."""
+    return is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _mask_shapes(item: dict, label_mapping: LabelMapping, attributes: list[dict], frame: int,

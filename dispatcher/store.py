@@ -24,7 +24,7 @@ from sqlalchemy import (JSON, Boolean, Column, DateTime, ForeignKey, Index, Inte
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatcher.converter import BadFunctionOutput, TaskAttribute, TaskLabel
-from dispatcher.converter import checked_points
+from dispatcher.converter import checked_points, is_int, is_number
 from serverless.common import masks
 from serverless.common import settings as function_settings
 from serverless.common.handler import BadRequest
@@ -734,19 +734,11 @@ def _is_bool(value) -> bool:
     return isinstance(value, bool)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
-
-
 def _common_fields(item: dict, where: str, context: _TaskContext, skeleton: int | None = None) -> dict:
     frame = context.check_frame(item.get("frame"), f"{where}.frame")
     label = context.label(item.get("label_id"), where, skeleton)
     return {"frame": frame, "label_id": label.id,
-            "group": _field(item, "group", None, lambda v: v is None or (_is_int(v) and v >= 0),
+            "group": _field(item, "group", None, lambda v: v is None or (is_int(v) and v >= 0),
                             "a non-negative integer or null", where),
             "source": _field(item, "source", "manual", lambda v: isinstance(v, str) and v, "a non-empty string", where),
             "attributes": _checked_attributes(item, where, context, label.id)}
@@ -762,7 +754,7 @@ def _checked_attributes(item: dict, where: str, context: _TaskContext, label_id:
         if not isinstance(attribute, dict) or not isinstance(attribute.get("value"), str):
             raise InvalidInput(f"{attribute_where}: must be {{\"spec_id\": integer, \"value\": string}}")
         spec_id = attribute.get("spec_id")
-        if not _is_int(spec_id) or spec_id not in context.attribute_ids[label_id]:
+        if not is_int(spec_id) or spec_id not in context.attribute_ids[label_id]:
             raise InvalidInput(f"{attribute_where}.spec_id: {spec_id!r} is not an attribute of label {label_id}")
         if spec_id in seen:
             raise InvalidInput(f"{attribute_where}.spec_id: attribute {spec_id} appears twice")
@@ -801,10 +793,10 @@ def _checked_shape(item, where: str, context: _TaskContext, skeleton: int | None
         except BadFunctionOutput as error:
             raise InvalidInput(str(error)) from None
     shape = {"type": shape_type, **common, "points": points,
-             "rotation": _field(item, "rotation", 0, _is_number, "a number of degrees", where),
+             "rotation": _field(item, "rotation", 0, is_number, "a number of degrees", where),
              "occluded": _field(item, "occluded", False, _is_bool, "true or false", where),
              "outside": _field(item, "outside", False, _is_bool, "true or false", where),
-             "z_order": _field(item, "z_order", 0, _is_int, "an integer", where)}
+             "z_order": _field(item, "z_order", 0, is_int, "an integer", where)}
     if shape_type == "skeleton":
         elements = item.get("elements") or []
         if not isinstance(elements, list) or not elements:
@@ -819,7 +811,7 @@ def _checked_shape(item, where: str, context: _TaskContext, skeleton: int | None
 
 def _checked_mask(points, where: str) -> list[int]:
     """CVAT's mask RLE (4.7): run lengths from a background run, then the inclusive box."""
-    if not isinstance(points, list) or len(points) < 5 or not all(_is_int(v) and v >= 0 for v in points):
+    if not isinstance(points, list) or len(points) < 5 or not all(is_int(v) and v >= 0 for v in points):
         raise InvalidInput(f"{where}.points: a mask is run lengths followed by xtl, ytl, xbr, ybr, "
                            "all non-negative integers")
     *runs, xtl, ytl, xbr, ybr = points
@@ -866,7 +858,7 @@ def _item_ids(connection, task_id: int, data) -> list[tuple[str, int]]:
     wanted = []
     for kind, where, item in _labeled_items(data):
         item_id = item.get("id") if isinstance(item, dict) else None
-        if not _is_int(item_id):
+        if not is_int(item_id):
             raise InvalidInput(f"{where}.id: required, an integer")
         wanted.append((kind, item_id, where))
     existing = {}
