@@ -19,13 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis
+import rq
 
 from dispatcher import settings as dispatcher_settings
-from dispatcher.converter import BadFunctionOutput, build_mapping, convert
+from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert
 from dispatcher.gateway import Gateway, GatewayError
-from dispatcher.planner import RequestBook
+from dispatcher.planner import FINAL_STATES, RequestBook
 from dispatcher.registry import Registry
-from dispatcher.store import Store
+from dispatcher.store import NotFound, Store
 
 log = logging.getLogger("dispatcher")
 # A crash, a restart, a timeout or a saturated function may pass; a 4xx is the frame's own fault.
@@ -68,7 +69,22 @@ def worker_services() -> Services:
 
 def annotate_chunk(request_id: str, frames: list[int]) -> dict:
     """The RQ job function, on queue ``annotation``."""
-    return run_chunk(request_id, frames, worker_services())
+    return run_chunk(request_id, frames, worker_services(), rq.get_current_job().id)
+
+
+def chunk_failed(job: rq.job.Job, connection, error_type, error, traceback) -> None:
+    """RQ's failure callback: a chunk that crashed for the last time fails its frames, so that the
+    request still ends instead of staying 'started' for ever."""
+    if job.retries_left:
+        return  # RQ runs it again
+    request_id, frames = job.args
+    services = worker_services()
+    done = services.book.frames_done(request_id)
+    for frame in frames:
+        if frame not in done:
+            services.book.frame_failed(request_id, frame, f"the chunk failed: {error_type.__name__}: {error}")
+    services.book.chunk_ended(request_id, job.id)
+    _finish_if_complete(services.book, request_id)
 
 
 def _call_with_retries(services: Services, request_id: str, function, payload: dict):
@@ -89,15 +105,37 @@ def target_frames(store, task: int, job: int | None) -> list[int]:
     return store.job_frames(job) if job is not None else list(range(store.get_task(task)["size"]))
 
 
-def run_chunk(request_id: str, frames: list[int], services: Services) -> dict:
+def run_chunk(request_id: str, frames: list[int], services: Services, chunk_id: str) -> dict:
     """Annotate ``frames`` for the request; returns a summary (RQ keeps it as the job's result)."""
     request = services.book.get(request_id)
-    if request is None or request["status"] in ("finished", "failed", "cancelled") or request["cancel_requested"]:
+    if request is None or request["status"] in FINAL_STATES:
         return {"skipped": True}
-    services.book.mark_started(request_id)
-    parameters, task = request["parameters"], request["task"]
-    function = services.registry.function(request["function_id"])
-    mapping = build_mapping(function.meta.labels, services.store.task_labels(task), parameters.get("mapping"))
+    services.book.chunk_started(request_id, chunk_id)
+    try:
+        if services.book.cancel_requested(request_id):
+            return {"skipped": True}
+        services.book.mark_started(request_id)
+        return _annotate(request, frames, services)
+    finally:
+        running = services.book.chunk_ended(request_id, chunk_id)
+        if services.book.cancel_requested(request_id):
+            if running == 0:
+                services.book.finish_canceled(request_id)
+        else:
+            _finish_if_complete(services.book, request_id)
+
+
+def _annotate(request: dict, frames: list[int], services: Services) -> dict:
+    request_id, parameters, task = request["id"], request["parameters"], request["task"]
+    try:
+        function = services.registry.function(request["function_id"])
+        mapping = build_mapping(function.meta.labels, services.store.task_labels(task), parameters.get("mapping"))
+    except (GatewayError, MappingError, NotFound) as error:
+        # The function was removed or broke, or the task changed, since the request was made: the
+        # frames fail with the reason; running again would not help.
+        for frame in frames:
+            services.book.frame_failed(request_id, frame, f"cannot annotate: {error}")
+        return {"frames": len(frames), "written": 0, "failed": len(frames), "canceled": 0}
     extra = {"threshold": parameters["threshold"]} if parameters.get("threshold") is not None else {}
 
     def annotate(frame: int):
@@ -129,13 +167,14 @@ def run_chunk(request_id: str, frames: list[int], services: Services) -> dict:
             services.book.frame_failed(request_id, frame, outcome.reason)
         else:
             services.book.frame_done(request_id, frame)
-    _finish_if_complete(services.book, request_id)
     return {"frames": len(frames), "written": len(results), "failed": len(outcomes) - len(results),
-            "cancelled": len(frames) - len(outcomes)}
+            "canceled": len(frames) - len(outcomes)}
 
 
 def _finish_if_complete(book: RequestBook, request_id: str) -> None:
     request = book.get(request_id)
+    if request is None:
+        return
     frames = request["frames"]
     if request["status"] not in ("queued", "started") or frames["done"] + frames["failed"] < frames["total"]:
         return

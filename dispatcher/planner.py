@@ -7,12 +7,14 @@ is the default key prefix):
 - ``dispatcher:request:<id>:done`` / ``:failures``: the frames done, and frame -> reason for frames
   that failed for good. Sets, not counters: a chunk retried after its worker died must not count
   its frames twice;
+- ``dispatcher:request:<id>:chunks`` / ``:active``: the RQ job ids of its chunks, and those running
+  now (the last one to stop after a cancel ends the request);
 - ``dispatcher:running:task:<task>`` / ``dispatcher:running:job:<job>``: the request holding a target;
 - ``dispatcher:requests``: every request id, for listing.
 
 Unlike CVAT (cvat-compat.md section 8): requests are keyed by their target, so two jobs of one task
 can run together (defect 12) and only overlapping targets conflict; progress counts the frames of
-the target, so job runs go from 0 to 100 (defect 7); failed and cancelled requests stay listed with
+the target, so job runs go from 0 to 100 (defect 7); failed and canceled requests stay listed with
 their reason until their TTL (defect 11).
 """
 
@@ -29,7 +31,11 @@ import rq
 PREFIX = "dispatcher"
 QUEUE = "annotation"  # CVAT's queue name for auto-annotation
 CHUNK_FUNCTION = "dispatcher.chunks.annotate_chunk"
-FINAL_STATES = ("finished", "failed", "cancelled")
+CHUNK_FAILED = "dispatcher.chunks.chunk_failed"  # RQ's failure callback of a chunk job
+# A chunk whose worker died (RQ's abandoned job) or crashed runs again, this many times.
+CHUNK_RETRIES = 3
+SUFFIXES = ("", ":done", ":failures", ":chunks", ":active")
+FINAL_STATES = ("finished", "failed", "canceled")  # RQ's spellings, which CVAT's UI reads
 # Take a target only if no live request holds an overlapping one: a task run conflicts with any run
 # of the task or of one of its jobs; a job run with a run of that job or of its task. A holder whose
 # record is gone or final (its process died before releasing) does not count. One script, so two
@@ -56,7 +62,7 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[2] == 'job' then redis.call('SADD', KEYS[3], ARGV[1]) end
 redis.call('DEL', ARGV[3] .. ARGV[1], ARGV[3] .. ARGV[1] .. ':done', ARGV[3] .. ARGV[1] .. ':failures',
-           ARGV[3] .. ARGV[1] .. ':chunks')
+           ARGV[3] .. ARGV[1] .. ':chunks', ARGV[3] .. ARGV[1] .. ':active')
 redis.call('HSET', ARGV[3] .. ARGV[1], 'status', 'queued')
 return false
 """
@@ -187,8 +193,13 @@ class RequestBook:
             pipe.hdel(self._key(rid, ":failures"), frame)
             pipe.execute()
 
+    def frames_done(self, rid: str) -> set[int]:
+        return {int(frame) for frame in self.redis.smembers(self._key(rid, ":done"))}
+
     def frame_failed(self, rid: str, frame: int, reason: str) -> None:
-        self.redis.hset(self._key(rid, ":failures"), frame, reason)
+        """A frame whose results a previous run of its chunk stored stays done."""
+        if not self.redis.sismember(self._key(rid, ":done"), frame):
+            self.redis.hset(self._key(rid, ":failures"), frame, reason)
 
     def request_cancel(self, rid: str) -> bool:
         """Set the flag every chunk checks before each call; False when the request is unknown."""
@@ -200,19 +211,42 @@ class RequestBook:
     def cancel_requested(self, rid: str) -> bool:
         return self.redis.hget(self._key(rid), "cancel") == b"1"
 
+    def chunk_started(self, rid: str, chunk_id: str) -> None:
+        self.redis.sadd(self._key(rid, ":active"), chunk_id)
+
+    def chunk_ended(self, rid: str, chunk_id: str) -> int:
+        """Returns how many of the request's chunks are still running. A chunk run again after its
+        worker died re-adds its own id, so a dead worker's entry does not stay behind."""
+        with self.redis.pipeline() as pipe:  # MULTI: exactly one ender sees the set empty
+            pipe.srem(self._key(rid, ":active"), chunk_id)
+            pipe.scard(self._key(rid, ":active"))
+            return pipe.execute()[1]
+
+    def running_chunks(self, rid: str) -> int:
+        return self.redis.scard(self._key(rid, ":active"))
+
+    def finish_canceled(self, rid: str) -> None:
+        record = self.get(rid)
+        if record is None:
+            return
+        frames = record["frames"]
+        self.finish(rid, "canceled", f"canceled on request after {frames['done']} of {frames['total']} frames; "
+                                     f"the annotations of those {frames['done']} frames were kept"
+                                     + (f"; {frames['failed']} frames failed" if frames["failed"] else ""))
+
     def finish(self, rid: str, status: str, exc_info: str = "") -> None:
         """Final state: release the target, keep the record (and its failures) until its TTL."""
         if status not in FINAL_STATES:
             raise ValueError(f"{status!r} is not a final state ({', '.join(FINAL_STATES)})")
         record = self.get(rid)
-        if record is None:
+        if record is None or record["status"] in FINAL_STATES:  # e.g. a cancel and the last chunk at once
             return
         target = Target(record["task"], record["job"])
         ttl = self.finished_ttl if status == "finished" else self.failed_ttl
         holder_keys = self._holder_keys(target)
         with self.redis.pipeline() as pipe:
             pipe.hset(self._key(rid), mapping={"status": status, "ended": time.time(), "exc_info": exc_info})
-            for suffix in ("", ":done", ":failures", ":chunks"):
+            for suffix in SUFFIXES:
                 pipe.expire(self._key(rid, suffix), ttl)
             pipe.execute()
         self._release(keys=[holder_keys[0]] + ([holder_keys[2]] if target.job is not None else []), args=[rid])
@@ -229,7 +263,28 @@ def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str,
         book.add_chunk_jobs(rid, job_ids)
     for job_id, chunk in zip(job_ids, chunks):
         queue.enqueue(CHUNK_FUNCTION, rid, chunk, job_id=job_id, job_timeout=job_timeout,
-                      result_ttl=book.finished_ttl, failure_ttl=book.failed_ttl)
+                      result_ttl=book.finished_ttl, failure_ttl=book.failed_ttl,
+                      retry=rq.Retry(max=CHUNK_RETRIES), on_failure=rq.Callback(CHUNK_FAILED))
     if not frames:
         book.finish(rid, "finished")  # nothing to annotate
     return rid
+
+
+def cancel(book: RequestBook, queue: rq.Queue, rid: str) -> bool:
+    """Stop a request: running chunks see the flag before their next call and write what they have;
+    queued chunks are removed. The request ends as canceled when its last running chunk stops, or
+    now if none runs. False when the request is unknown."""
+    record = book.get(rid)
+    if record is None:
+        return False
+    if record["status"] in FINAL_STATES:
+        return True
+    book.request_cancel(rid)
+    for job_id in book.chunk_jobs(rid):
+        job = queue.fetch_job(job_id)
+        if job is not None and job.get_status() in (rq.job.JobStatus.QUEUED, rq.job.JobStatus.SCHEDULED,
+                                                    rq.job.JobStatus.DEFERRED):
+            job.cancel()
+    if book.running_chunks(rid) == 0:
+        book.finish_canceled(rid)
+    return True

@@ -64,8 +64,8 @@ def run_request(services, task, function=YOLO, job=None, chunk_size=3, **paramet
     target = Target(task["id"], job)
     frames = services.store.job_frames(job) if job else list(range(task["size"]))
     rid = services.book.create(target, function, parameters, frames)
-    for chunk in plan_chunks(frames, chunk_size):
-        run_chunk(rid, chunk, services)
+    for index, chunk in enumerate(plan_chunks(frames, chunk_size)):
+        run_chunk(rid, chunk, services, f"chunk-{index}")
     return rid
 
 
@@ -111,7 +111,7 @@ def test_a_chunk_that_runs_again_does_not_duplicate_shapes(services):
     rid = run_request(services, task, threshold=0.3)
     before = services.store.get_annotations(task["id"])["shapes"]
     services.book.redis.hset(f"{services.book.prefix}:request:{rid}", "status", "started")  # as if it never ended
-    run_chunk(rid, [0, 1, 2], services)  # its worker died after writing; RQ runs the chunk again
+    run_chunk(rid, [0, 1, 2], services, "chunk-0")  # its worker died after writing; RQ runs the chunk again
     after = services.store.get_annotations(task["id"])["shapes"]
     assert len(after) == len(before)
     assert services.book.get(rid)["frames"]["done"] == 6
@@ -165,11 +165,17 @@ def test_a_cancelled_request_runs_no_more_chunks(services):
     task = new_task(services.store)
     frames = list(range(task["size"]))
     rid = services.book.create(Target(task["id"]), YOLO, {"threshold": 0.3}, frames)
-    run_chunk(rid, frames[:3], services)
+    run_chunk(rid, frames[:3], services, "chunk-0")
     services.book.request_cancel(rid)
-    assert run_chunk(rid, frames[3:], services) == {"skipped": True}
+    services.book.chunk_started(rid, "chunk-1")  # another chunk is still running: the request waits for it
+    assert run_chunk(rid, frames[3:], services, "chunk-2") == {"skipped": True}
     assert {shape["frame"] for shape in services.store.get_annotations(task["id"])["shapes"]} <= {0, 1, 2}
-    assert services.book.get(rid)["frames"]["done"] == 3
+    assert services.book.get(rid)["status"] == "started"
+    assert run_chunk(rid, [], services, "chunk-1") == {"skipped": True}  # the last running chunk ends it
+    request = services.book.get(rid)
+    assert (request["status"], request["frames"]["done"]) == ("canceled", 3)
+    assert request["exc_info"] == ("canceled on request after 3 of 6 frames; "
+                                   "the annotations of those 3 frames were kept")
 
 
 def test_chunks_run_on_real_rq_worker_processes(platform, tmp_path):

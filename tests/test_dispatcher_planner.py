@@ -59,7 +59,7 @@ def test_the_task_is_free_again_when_its_jobs_end(book):
     book.finish(first, "finished")
     with pytest.raises(Conflict):
         book.create(Target(3), "yolo", {}, [0, 1])
-    book.finish(second, "cancelled")
+    book.finish(second, "canceled")
     book.create(Target(3), "yolo", {}, [0, 1])
 
 
