@@ -1,12 +1,15 @@
 """The local platform: a tree of functions behind the nuclio dashboard API subset CVAT uses."""
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 
-from serverless.runtime.platform import discover
+from serverless.runtime.platform import UnknownFunctions, discover, load_functions
 
-from conftest import FACE_FUNCTION, PROBE, TESTDATA, b64_file, copy_function, serve_platform
+from conftest import FACE_FUNCTION, PROBE, TESTDATA, b64_file, copy_function, serve_platform, wait_until
 
 FACE = "openvino-omz-intel-face-detection-0205"
 
@@ -109,3 +112,40 @@ def test_gpu_files_are_used_only_when_asked(tmp_path):
         "a/nuclio/function.yaml", "b/nuclio/function.yaml"]
     assert [p.relative_to(tmp_path).as_posix() for p in discover(tmp_path, gpu=True)] == [
         "a/nuclio/function-gpu.yaml", "b/nuclio/function.yaml"]
+
+
+def test_only_the_functions_asked_for_are_loaded(tmp_path):
+    copy_function(PROBE, tmp_path / "a/nuclio")
+    copy_function(PROBE, tmp_path / "b/nuclio", **{"metadata.name": "other-probe"})
+    assert list(load_functions(tmp_path, only={"other-probe"})) == ["other-probe"]
+    with pytest.raises(UnknownFunctions, match="no function named nope under .*; there are: other-probe, runtime-probe"):
+        load_functions(tmp_path, only={"nope", "runtime-probe"})
+
+
+def _processor_pid(platform, name: str) -> int | None:
+    """The processor of a function: the parent of the worker process that answers (None: none answers)."""
+    reply = platform.http.post("/api/function_invocations", json={}, headers={"x-nuclio-function-name": name})
+    if reply.status_code != 200:
+        return None
+    worker = reply.json()["pid"]
+    return int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_dead_processor_is_restarted_as_its_restart_policy_says(tmp_path):
+    policy = {"spec.platform.attributes.restartPolicy": {"name": "always", "maximumRetryCount": 1}}
+    copy_function(PROBE, tmp_path / "restarts/nuclio", **{"metadata.name": "probe-restarts", **policy})
+    copy_function(PROBE, tmp_path / "stays-down/nuclio", **{"metadata.name": "probe-stays-down"})
+
+    def state(name):
+        return platform.get_json(f"/api/functions/{name}")["status"]
+
+    with serve_platform(tmp_path) as platform:
+        first = _processor_pid(platform, "probe-restarts")
+        os.kill(first, signal.SIGKILL)
+        os.kill(_processor_pid(platform, "probe-stays-down"), signal.SIGKILL)
+        wait_until(lambda: _processor_pid(platform, "probe-restarts") not in (None, first), 30,
+                   "probe-restarts to come back")
+        wait_until(lambda: state("probe-stays-down")["state"] == "error", 30, "probe-stays-down to be marked down")
+        assert state("probe-stays-down")["message"] == "processor exited with code -9"
+        os.kill(_processor_pid(platform, "probe-restarts"), signal.SIGKILL)  # past maximumRetryCount
+        wait_until(lambda: state("probe-restarts")["state"] == "error", 30, "probe-restarts to stay down")

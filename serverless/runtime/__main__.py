@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     platform.add_argument("--host", default="127.0.0.1")
     platform.add_argument("--port", type=int, default=8070)
     platform.add_argument("--gpu", action="store_true", help="use function-gpu.yaml where a folder has one")
+    platform.add_argument("--function", action="append", dest="functions", metavar="NAME",
+                          help="serve only this function (repeatable); default: every function under the tree")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -41,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from serverless.runtime import platform as local_platform
 
-        local_platform.serve(args.tree, args.host, args.port, args.gpu)
+        try:
+            local_platform.serve(args.tree, args.host, args.port, args.gpu,
+                                 set(args.functions) if args.functions else None)
+        except local_platform.UnknownFunctions as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -53,6 +53,7 @@ class ManagedFunction:
     message: str = ""
     port: int = 0
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    restarts: int = 0
 
     def entry(self) -> dict:
         return function_config.dashboard_entry(self.raw, self.state, self.port, self.message)
@@ -79,7 +80,12 @@ def _declared(path: Path) -> tuple[str, dict] | None:
     return None
 
 
-def load_functions(tree: Path, gpu: bool = False) -> dict[str, ManagedFunction]:
+class UnknownFunctions(ValueError):
+    pass
+
+
+def load_functions(tree: Path, gpu: bool = False, only: set[str] | None = None) -> dict[str, ManagedFunction]:
+    """The functions under ``tree``, or only those named in ``only`` (UnknownFunctions if one is missing)."""
     functions: dict[str, ManagedFunction] = {}
     for path in discover(tree, gpu):
         try:
@@ -97,7 +103,23 @@ def load_functions(tree: Path, gpu: bool = False) -> dict[str, ManagedFunction]:
             log.error("skipping %s: function %s is already defined in %s", path, name, functions[name].path)
             continue
         functions[name] = ManagedFunction(name, path, raw, config, state, message)
+    if only is not None:
+        missing = sorted(only - functions.keys())
+        if missing:
+            raise UnknownFunctions(f"no function named {', '.join(missing)} under {tree}; "
+                                   f"there are: {', '.join(sorted(functions))}")
+        functions = {name: function for name, function in functions.items() if name in only}
     return functions
+
+
+def _should_restart(function: ManagedFunction, code: int) -> bool:
+    """As nuclio's local platform asks Docker to: spec.platform.attributes.restartPolicy ``always``
+    or ``on-failure`` (non-zero exit), at most ``maximumRetryCount`` times (0: no limit)."""
+    platform = (function.raw.get("spec") or {}).get("platform") or {}
+    policy = (platform.get("attributes") or {}).get("restartPolicy") or {}
+    name, limit = policy.get("name"), int(policy.get("maximumRetryCount") or 0)
+    wanted = name == "always" or (name == "on-failure" and code != 0)
+    return wanted and (limit == 0 or function.restarts < limit)
 
 
 def _free_port(host: str) -> int:
@@ -107,9 +129,9 @@ def _free_port(host: str) -> int:
 
 
 class Platform:
-    def __init__(self, tree: Path, host: str, gpu: bool = False):
+    def __init__(self, tree: Path, host: str, gpu: bool = False, only: set[str] | None = None):
         self.host = host
-        self.functions = load_functions(tree, gpu)
+        self.functions = load_functions(tree, gpu, only)
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64))
         self._monitor: asyncio.Task | None = None
 
@@ -118,10 +140,7 @@ class Platform:
             if function.config is None:
                 continue
             function.port = function.config.trigger.port or _free_port(self.host)
-            function.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "serverless.runtime", "serve", str(function.path),
-                "--host", self.host, "--port", str(function.port),
-            )
+            await self._spawn(function)
         log.info("platform: %d function(s): %s", len(self.functions), ", ".join(sorted(self.functions)))
         self._monitor = asyncio.create_task(self._watch())
 
@@ -146,10 +165,23 @@ class Platform:
             starting = any(f.state == "building" for f in self.functions.values())
             await asyncio.sleep(0.2 if starting else 2.0)
 
+    async def _spawn(self, function: ManagedFunction) -> None:
+        function.state, function.message = "building", ""
+        function.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "serverless.runtime", "serve", str(function.path),
+            "--host", self.host, "--port", str(function.port),
+        )
+
     async def _refresh(self, function: ManagedFunction) -> None:
-        if function.process.returncode is not None:
+        code = function.process.returncode
+        if code is not None:
+            if function.state != "error" and _should_restart(function, code):
+                function.restarts += 1
+                log.warning("platform: %s exited with code %s; restart %d", function.name, code, function.restarts)
+                await self._spawn(function)
+                return
             function.state = "error"
-            function.message = function.message or f"processor exited with code {function.process.returncode}"
+            function.message = function.message or f"processor exited with code {code}"
             return
         try:
             reply = await self.client.get(f"http://{self.host}:{function.port}{READY_PATH}", timeout=2.0)
@@ -213,9 +245,9 @@ class Platform:
         ], lifespan=lifespan)
 
 
-def serve(tree: Path, host: str, port: int, gpu: bool) -> None:
+def serve(tree: Path, host: str, port: int, gpu: bool, only: set[str] | None = None) -> None:
     import uvicorn
 
-    platform = Platform(tree, host, gpu)
+    platform = Platform(tree, host, gpu, only)
     log.info("platform: nuclio dashboard API on http://%s:%d", host, port)
     uvicorn.run(platform.app(), host=host, port=port, access_log=False, log_level="warning")
