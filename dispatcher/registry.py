@@ -91,8 +91,13 @@ class Registry:
         except MetadataError as error:
             raise InvalidFunction(function_id, error) from None
 
-    def call(self, function: LambdaFunction, payload: dict) -> Any:
+    @staticmethod
+    def check_ready(function: LambdaFunction) -> None:
+        """503 naming the state and nuclio's reason, for a function that cannot take calls."""
         if function.state != "ready":
             reason = f": {function.message}" if function.message else ""
             raise GatewayError(503, f"function {function.id} is not ready (state {function.state}){reason}")
+
+    def call(self, function: LambdaFunction, payload: dict) -> Any:
+        self.check_ready(function)
         return self.gateway.invoke(function.id, function.http_port, payload)

@@ -20,6 +20,7 @@ DATABASE_SCHEMES = {"sqlite": "sqlite", "postgresql+psycopg": "postgresql+psycop
 @dataclass(frozen=True)
 class Settings:
     nuclio_url: str  # the nuclio dashboard API: real nuclio, or our local platform
+    nuclio_configured: bool  # NUCLIO_URL was set; if not, annotate-folder starts the local platform itself
     nuclio_invoke_method: str  # "dashboard": through /api/function_invocations; "direct": the function's port
     nuclio_function_host: str  # where "direct" finds the functions' ports
     nuclio_timeout: float  # seconds, per call (CVAT's default: 120)
@@ -31,12 +32,13 @@ class Settings:
     frame_retries: int  # further calls after a retryable failure (5xx, timeout, function down)
     retry_backoff: float  # seconds before the first retry, doubling after each
     finished_request_ttl: int  # seconds a finished request stays listed (CVAT: 30 min)
-    failed_request_ttl: int  # seconds a failed or cancelled request stays listed (CVAT: 3 h)
+    failed_request_ttl: int  # seconds a failed or canceled request stays listed (CVAT: 3 h)
+    api_token: str | None  # when set, every API call needs "Authorization: Bearer <token>"
 
 
 def load(environ: dict[str, str] | None = None) -> Settings:
     environ = dict(os.environ if environ is None else environ)
-    nuclio_url = environ.get("NUCLIO_URL", "http://127.0.0.1:8070").rstrip("/")
+    nuclio_url = (environ.get("NUCLIO_URL") or "http://127.0.0.1:8070").rstrip("/")
     method = environ.get("NUCLIO_INVOKE_METHOD", "dashboard").lower()
     if method not in INVOKE_METHODS:
         raise ValueError(f"NUCLIO_INVOKE_METHOD={method!r} is not one of {', '.join(INVOKE_METHODS)}")
@@ -49,6 +51,7 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError(f"SERVER_FILES_ROOT={str(server_files_root)!r} is not a directory")
     return Settings(
         nuclio_url=nuclio_url,
+        nuclio_configured=bool(environ.get("NUCLIO_URL")),
         nuclio_invoke_method=method,
         nuclio_function_host=environ.get("NUCLIO_FUNCTION_HOST") or urlsplit(nuclio_url).hostname or "127.0.0.1",
         nuclio_timeout=timeout,
@@ -61,6 +64,7 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         retry_backoff=_number(environ, "RETRY_BACKOFF", "0.5", float, positive=False),
         finished_request_ttl=_number(environ, "FINISHED_REQUEST_TTL", "1800", int, positive=True),
         failed_request_ttl=_number(environ, "FAILED_REQUEST_TTL", "10800", int, positive=True),
+        api_token=environ.get("API_TOKEN") or None,
     )
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import yaml
 
@@ -22,6 +23,7 @@ SHARED = REPO.parent / "shared"
 TESTDATA = SHARED / "testdata"
 PROBE = Path(__file__).with_name("functions") / "probe"
 FACE_FUNCTION = REPO / "serverless/openvino/omz/intel/face-detection-0205/nuclio"
+POSTGRES = "host=127.0.0.1 port=5432 user=postgres"  # the local server, as .ci/run starts it
 
 
 def free_port() -> int:
@@ -152,3 +154,24 @@ def face_models():
 def face_function(face_models):
     with serve_function(FACE_FUNCTION) as running:
         yield running
+
+
+@contextlib.contextmanager
+def postgres_database(purpose: str):
+    """A database of its own on the local PostgreSQL, dropped at the end; yields its SQLAlchemy URL."""
+    name = f"dispatcher_test_{purpose}_{os.getpid()}"
+    with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The task store tests' database (they empty its tables after each test)."""
+    with postgres_database("store") as url:
+        yield url

@@ -136,9 +136,9 @@ def test_bad_settings_are_refused_by_name(environ, message):
 
 def test_settings_defaults():
     settings = dispatcher_settings.load({})
-    assert settings == dispatcher_settings.Settings("http://127.0.0.1:8070", "dashboard", "127.0.0.1", 120.0,
+    assert settings == dispatcher_settings.Settings("http://127.0.0.1:8070", False, "dashboard", "127.0.0.1", 120.0,
                                                     None, dispatcher_settings.REPOSITORY / "data", None,
-                                                    "redis://127.0.0.1:6379/0", 64, 2, 0.5, 1800, 10800)
+                                                    "redis://127.0.0.1:6379/0", 64, 2, 0.5, 1800, 10800, None)
     assert dispatcher_settings.load({"NUCLIO_URL": "http://nuclio:8070/"}).nuclio_function_host == "nuclio"
     # Bare PostgreSQL URLs mean psycopg 3, the driver the project installs.
     assert dispatcher_settings.load({"DATABASE_URL": "postgresql://db/tasks"}).database_url == \

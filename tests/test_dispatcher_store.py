@@ -28,7 +28,6 @@ from conftest import TESTDATA, wait_until
 
 COCO_IMAGES = sorted((TESTDATA / "coco128-val2017" / "images").glob("*.jpg"))[:4]
 ASTRONAUT = TESTDATA / "skimage" / "astronaut.png"
-POSTGRES = "host=127.0.0.1 port=5432 user=postgres"
 
 LABELS = [
     {"name": "car", "type": "rectangle", "attributes": [
@@ -45,18 +44,6 @@ LABELS = [
                         {"name": "visible", "input_type": "checkbox", "values": ["true"]}]},
                    {"name": "tail", "type": "points"}]},
 ]
-
-
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A database of this session's own on the local PostgreSQL, dropped at the end."""
-    name = f"dispatcher_test_{os.getpid()}"
-    with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -1,0 +1,61 @@
+"""``python -m dispatcher serve | worker | annotate-folder``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dispatcher import settings as dispatcher_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dispatcher", description="CVAT-compatible auto-annotation dispatcher")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    worker = commands.add_parser("worker", help="run an RQ worker for annotation chunks (queue 'annotation')")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--name", help="the worker's name in RQ (default: RQ's)")
+    folder = commands.add_parser("annotate-folder", help="annotate a folder of images end to end")
+    folder.add_argument("folder", type=Path)
+    folder.add_argument("--function", required=True, help="the function id, e.g. openvino-omz-public-yolo-v3-tf")
+    folder.add_argument("--threshold", type=float, help="the function's confidence threshold (default: its own)")
+    folder.add_argument("--format", choices=("coco", "cvat"), default="coco",
+                        help="COCO JSON or CVAT for images 1.1 XML (default: coco)")
+    folder.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
+    folder.add_argument("--api", help="use this running dispatcher (and its workers) instead of starting one")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = dispatcher_settings.current()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        import uvicorn
+
+        from dispatcher.api import create_app
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        return 0
+    if args.command == "worker":
+        from dispatcher import worker as chunk_worker
+
+        chunk_worker.run(settings, args.burst, args.name)
+        return 0
+    from dispatcher import folder as annotate
+
+    try:
+        return annotate.annotate_folder(settings, args.folder, args.function, args.output, args.threshold,
+                                        args.format, args.api.rstrip("/") if args.api else None)
+    except annotate.FolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
