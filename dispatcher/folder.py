@@ -100,7 +100,7 @@ def _get(client: httpx.Client, path: str, **kwargs):
     return None
 
 
-def _checked(response: httpx.Response):
+def _checked(response: httpx.Response) -> httpx.Response:
     if response.status_code >= 400:
         try:
             detail = response.json()["detail"]
@@ -108,7 +108,7 @@ def _checked(response: httpx.Response):
             detail = response.text
         raise FolderError(f"{response.request.method} {response.request.url.path} answered "
                           f"{response.status_code}: {detail}")
-    return response.json() if response.content else None
+    return response
 
 
 def annotate_folder(settings: Settings, folder: Path, function_id: str, output: Path, threshold: float | None,
@@ -180,13 +180,13 @@ def _task_labels(function: dict) -> list[dict]:
 
 def _run(client: httpx.Client, function: dict, files: list[Path], threshold: float | None, output: Path,
          output_format: str, name: str) -> int:
-    task = _checked(client.post("/api/tasks", json={"name": name, "labels": _task_labels(function)}))
+    task = _checked(client.post("/api/tasks", json={"name": name, "labels": _task_labels(function)})).json()
     for start in range(0, len(files), UPLOAD_BATCH):
         batch = files[start:start + UPLOAD_BATCH]
         _checked(client.post(f"/api/tasks/{task['id']}/data", files=[
             (f"client_files[{start + index}]", (path.name, path.read_bytes())) for index, path in enumerate(batch)]))
     body = {"task": task["id"]} if threshold is None else {"task": task["id"], "threshold": threshold}
-    request = _checked(client.post(f"/detectors/{function['id']}/annotate", json=body))
+    request = _checked(client.post(f"/detectors/{function['id']}/annotate", json=body)).json()
     print(f"task {task['id']}: {len(files)} frames, request {request['id']}", file=sys.stderr)
 
     try:
@@ -205,9 +205,8 @@ def _run(client: httpx.Client, function: dict, files: list[Path], threshold: flo
     if request["status"] != "finished":
         print(f"the request {request['status']}: {request['exc_info']}", file=sys.stderr)
         return 1
-    response = client.get(f"/api/tasks/{task['id']}/export", params={"format": output_format})
-    _checked(response)
-    output.write_bytes(response.content)
+    export = _checked(client.get(f"/api/tasks/{task['id']}/export", params={"format": output_format}))
+    output.write_bytes(export.content)
     frames = request["frames"]
     print(f"wrote {output}: {frames['done']} frames annotated, {frames['failed']} failed", file=sys.stderr)
     return 0 if frames["failed"] == 0 else 1
@@ -217,7 +216,7 @@ def _follow(client: httpx.Client, request: dict, total: int, show: bool = True) 
     """Poll the request until it ends, with a progress bar (frames/s and ETA) on stderr."""
     with tqdm(total=total, unit="frame", disable=not show, dynamic_ncols=True) as bar:
         while True:
-            request = _checked(client.get(f"/api/lambda/requests/{request['id']}"))
+            request = _checked(client.get(f"/api/lambda/requests/{request['id']}")).json()
             frames = request["frames"]
             bar.update(frames["done"] + frames["failed"] - bar.n)
             if frames["failed"]:

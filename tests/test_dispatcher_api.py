@@ -297,3 +297,234 @@ def test_face_attributes_end_to_end_on_postgres(postgres_stack):
 
 def specs_values(specs: dict, name: str) -> list[str]:
     return next(spec["values"] for spec in specs.values() if spec["name"] == name)
+
+
+def test_offline_requests_refuse_bad_input_with_reasons(stack):
+    task = stack.task(function_labels(stack, YOLO), [TESTDATA / "ultralytics/bus.jpg"], segment_size=1)
+    assert stack.error("POST", "/api/lambda/requests", 400, json={}) == "function: Field required; task: Field required"
+    assert "nope" in stack.error("POST", "/api/lambda/requests", 404, json={"function": "nope", "task": task["id"]})
+    assert stack.error("POST", "/api/lambda/requests", 400, json={"function": "probe-interactor", "task": task["id"]}) \
+        == "function: function kind interactor cannot be run offline"
+    assert stack.error("POST", "/api/lambda/requests", 400, json={"function": YOLO, "task": task["id"] + 1000}) == \
+        f"task {task['id'] + 1000} does not exist"
+    other = stack.task(THING, [TESTDATA / "ultralytics/bus.jpg"])
+    assert stack.error("POST", "/api/lambda/requests", 400,
+                       json={"function": YOLO, "task": other["id"], "job": task["jobs"][0]["id"]}) == \
+        f"job: job {task['jobs'][0]['id']} belongs to task {task['id']}, not to task {other['id']}"
+    assert "no_such_label" in stack.error("POST", "/api/lambda/requests", 400, json={
+        "function": YOLO, "task": task["id"], "mapping": {"person": {"name": "no_such_label"}}})
+    assert "cleanup" in stack.error("POST", "/api/lambda/requests", 400,
+                                    json={"function": YOLO, "task": task["id"], "cleanup": "yes"})
+    # Nothing was started by any of these.
+    assert not [r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] in (task["id"], other["id"])]
+
+
+def test_a_job_run_covers_its_frames_and_runs_beside_another_job(stack):
+    task = stack.task(THING, COCO_IMAGES[:6], segment_size=3)
+    first, second = (job["id"] for job in task["jobs"])
+    runs = [stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"], "job": job})
+            for job in (first, second)]  # two jobs of one task at once (CVAT defect 12)
+    assert runs[0]["id"] == f"action=autoannotate&target=job&target_id={first}"
+    assert stack.error("POST", "/api/lambda/requests", 409, json={"function": "probe-slow", "task": task["id"]})
+    done = [stack.wait(run["id"]) for run in runs]
+    assert [(r["status"], r["progress"], r["frames"]["total"], r["function"]["job"]) for r in done] == [
+        ("finished", 100, 3, first), ("finished", 100, 3, second)]
+    frames = Counter(s["frame"] for s in stack.ok("GET", f"/api/jobs/{first}/annotations")["shapes"])
+    assert frames == {0: 1, 1: 1, 2: 1}
+
+
+def test_cancel_stops_the_run_and_keeps_what_was_written(stack):
+    task = stack.task(THING, COCO_IMAGES[:96])
+    rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
+    wait_until(lambda: stack.ok("GET", f"/api/lambda/requests/{rid}")["frames"]["done"] >= 16, 60, "a chunk to finish")
+    reply = stack.http.delete(f"/api/lambda/requests/{rid}")
+    assert (reply.status_code, reply.content) == (204, b"")
+    request = stack.wait(rid, 30)
+    done = request["frames"]["done"]
+    assert request["status"] == "canceled" and 16 <= done < 96 and request["cancel_requested"]
+    assert request["exc_info"] == (f"canceled on request after {done} of 96 frames; "
+                                   f"the annotations of those {done} frames were kept")
+    frames = Counter(shape["frame"] for shape in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
+    assert len(frames) == done and set(frames.values()) == {1}
+    assert stack.ok("GET", "/api/lambda/requests")  # canceled requests stay listed until their TTL
+    assert rid in {r["id"] for r in stack.ok("GET", "/api/lambda/requests")}
+    # The target is free again, and the rerun replaces nothing it should not.
+    again = stack.wait(stack.ok("POST", "/api/lambda/requests",
+                                json={"function": "probe-slow", "task": task["id"], "cleanup": True})["id"])
+    assert again["status"] == "finished"
+    frames = Counter(shape["frame"] for shape in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
+    assert frames == {frame: 1 for frame in range(96)}
+    assert "nope" in stack.error("DELETE", "/api/lambda/requests/nope", 404)
+
+
+def test_a_worker_killed_mid_chunk_costs_nothing(stack):
+    task = stack.task(THING, COCO_IMAGES[:64])
+    rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
+    wait_until(lambda: stack.ok("GET", f"/api/lambda/requests/{rid}")["frames"]["done"] >= 16, 60, "a chunk to finish")
+    victim = stack.workers[0]
+    # RQ runs each chunk in a forked child (its "horse", in a process group of its own): the host
+    # going down takes both, mid-chunk.
+    horses = wait_until(lambda: children(victim.pid), 30, "the worker to be running a chunk", 0.01)
+    for pid in [victim.pid, *horses]:
+        os.kill(pid, signal.SIGKILL)
+    victim.wait()
+    request = stack.wait(rid, 120)  # the other worker finds the abandoned chunk and runs it again
+    stack.replace_worker(0)
+    assert (request["status"], request["frames"]) == ("finished", {"total": 64, "done": 64, "failed": 0})
+    frames = Counter(shape["frame"] for shape in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
+    assert frames == {frame: 1 for frame in range(64)}  # every frame once: no duplicates, none missing
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_function_processor_killed_mid_task_is_retried_around(stack):
+    task = stack.task(THING, COCO_IMAGES[:64])
+    rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
+    wait_until(lambda: stack.ok("GET", f"/api/lambda/requests/{rid}")["frames"]["done"] >= 8, 60, "frames to be done")
+    reply = stack.platform.http.post("/api/function_invocations", json={}, headers={"x-nuclio-function-name": "probe-slow"})
+    worker_pid = reply.json()["pid"]
+    os.kill(parent(worker_pid), signal.SIGKILL)  # the platform restarts it (restartPolicy: always)
+    request = stack.wait(rid, 120)
+    frames = request["frames"]
+    assert request["status"] == "finished" and frames["done"] + frames["failed"] == 64
+    assert all(f["reason"].startswith("function probe-slow answered 5") for f in request["failures"])
+    stored = Counter(shape["frame"] for shape in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
+    assert len(stored) == frames["done"] and set(stored.values()) == {1}
+    assert {f["frame"] for f in request["failures"]}.isdisjoint(stored)
+
+
+# The task store over HTTP
+
+def test_tasks_frames_and_annotations_in_cvat_shapes(stack):
+    task = stack.task(THING, [TESTDATA / "ultralytics/bus.jpg", TESTDATA / "skimage/astronaut.png"])
+    assert (task["size"], [j["start_frame"] for j in task["jobs"]]) == (2, [0])
+    assert task["id"] in {t["id"] for t in stack.ok("GET", "/api/tasks", params={"page_size": 1000})["results"]}
+    frame = stack.ok("GET", f"/api/tasks/{task['id']}/data", params={"type": "frame", "number": 1, "quality": "original"})
+    assert (frame.headers["content-type"], frame.content) == ("image/png", (TESTDATA / "skimage/astronaut.png").read_bytes())
+    meta = stack.ok("GET", f"/api/tasks/{task['id']}/data/meta")
+    assert [(f["name"], f["width"], f["height"]) for f in meta["frames"]] == [("bus.jpg", 810, 1080), ("astronaut.png", 512, 512)]
+    assert stack.error("GET", f"/api/tasks/{task['id']}/data", 404, params={"number": 2}) == f"task {task['id']} has no frame 2"
+    assert "type" in stack.error("GET", f"/api/tasks/{task['id']}/data", 400, params={"number": 0, "type": "chunk"})
+
+    label = task["labels"][0]["id"]
+    shape = {"frame": 1, "label_id": label, "type": "rectangle", "points": [1, 2, 30, 40], "attributes": []}
+    stored = stack.ok("PUT", f"/api/tasks/{task['id']}/annotations", json={"version": 0, "tags": [], "tracks": [],
+                                                                          "shapes": [shape]})
+    created = stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"},
+                       json={"version": 0, "tags": [{"frame": 0, "label_id": label, "attributes": []}], "shapes": [],
+                             "tracks": []})
+    everything = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")
+    assert [s["id"] for s in everything["shapes"]] == [s["id"] for s in stored["shapes"]]
+    assert [t["id"] for t in everything["tags"]] == [t["id"] for t in created["tags"]]
+    # Bad input is refused with the field named, and nothing stored is lost.
+    assert stack.error("PUT", f"/api/tasks/{task['id']}/annotations", 400, json={
+        "version": 0, "tags": [], "tracks": [], "shapes": [{**shape, "frame": 7}]}).startswith("shapes[0].frame: 7")
+    assert stack.ok("GET", f"/api/tasks/{task['id']}/annotations") == everything
+    assert stack.error("POST", f"/api/tasks/{task['id']}/data", 400, files=[
+        ("client_files[0]", ("bus.jpg", (TESTDATA / "ultralytics/bus.jpg").read_bytes()))]) == \
+        f"files: task {task['id']} already has annotations; frames can only be added before annotating"
+    assert "coco or cvat" in stack.error("GET", f"/api/tasks/{task['id']}/export", 400, params={"format": "yolo"})
+    assert stack.http.delete(f"/api/tasks/{task['id']}/annotations").status_code == 204
+    assert stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"] == []
+
+    assert stack.http.delete(f"/api/tasks/{task['id']}").status_code == 204
+    assert stack.error("GET", f"/api/tasks/{task['id']}", 404) == f"task {task['id']} does not exist"
+
+
+def test_uploads_are_checked(stack):
+    task = stack.ok("POST", "/api/tasks", 201, json={"name": "t", "labels": THING})
+    assert stack.error("POST", f"/api/tasks/{task['id']}/data", 400, files=[
+        ("client_files[0]", ("x.jpg", b"not an image"))]).startswith("files[0] ('x.jpg'): ")
+    assert stack.error("POST", f"/api/tasks/{task['id']}/data", 400, json={"server_files": ["../etc/passwd"]}) == \
+        "paths[0] ('../etc/passwd'): server files are disabled (SERVER_FILES_ROOT is not set)"
+    assert stack.error("POST", f"/api/tasks/{task['id']}/data", 400, data={"other": "1"}) == \
+        "client_files or server_files: at least one file is required"
+    assert stack.ok("GET", f"/api/tasks/{task['id']}")["size"] == 0
+    assert stack.error("POST", "/api/tasks", 400, json={"name": "t", "labels": []}).startswith("labels: ")
+    assert stack.error("POST", "/api/tasks", 400, json={"labels": THING}) == "name: Field required"
+
+
+def test_a_task_with_a_running_request_cannot_be_deleted(stack):
+    task = stack.task(THING, COCO_IMAGES[:64])
+    rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
+    assert stack.error("DELETE", f"/api/tasks/{task['id']}", 409) == \
+        f"task {task['id']} has a running request ({rid}); cancel it first"
+    stack.http.delete(f"/api/lambda/requests/{rid}")
+    stack.wait(rid)
+    assert stack.http.delete(f"/api/tasks/{task['id']}").status_code == 204
+
+
+# The main command
+
+def test_annotate_folder_with_everything_embedded(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for image in COCO_IMAGES[:8]:
+        (folder / image.name).symlink_to(image)
+    (folder / "notes.txt").write_text("not an image: skipped")
+    env = {key: value for key, value in os.environ.items() if key not in ("NUCLIO_URL", "API_TOKEN")}
+    env.update(DATA_DIR=str(tmp_path / "data"), REDIS_URL="redis://127.0.0.1:6379/10")
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+    output = tmp_path / "out.xml"
+    run = subprocess.run([sys.executable, "-m", "dispatcher", "annotate-folder", str(folder), "--function", YOLO,
+                          "--threshold", "0.3", "--format", "cvat", "-o", str(output)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"wrote {output}: 8 frames annotated, 0 failed" in run.stderr
+    (tmp_path / "photos/images").mkdir()
+    for image in COCO_IMAGES[:8]:
+        (tmp_path / "photos/images" / image.name).symlink_to(image)
+    (tmp_path / "photos/annotations.xml").write_bytes(output.read_bytes())
+    dataset = datumaro.Dataset.import_from(str(tmp_path / "photos"), "cvat")
+    assert len(dataset) == 8 and sum(len(item.annotations) for item in dataset) > 8
+
+
+def test_annotate_folder_says_what_is_wrong(tmp_path):
+    def run(*args, **env):
+        return subprocess.run([sys.executable, "-m", "dispatcher", "annotate-folder", *args],
+                              cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run(str(empty), "--function", YOLO, "-o", str(tmp_path / "x.json"))
+    assert (result.returncode, result.stderr.strip()) == (1, f"error: {empty} has no images "
+                                                             "(.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)")
+    (empty / "a.jpg").symlink_to(COCO_IMAGES[0])
+    result = run(str(empty), "--function", YOLO, "-o", str(tmp_path / "x.json"), REDIS_URL="redis://127.0.0.1:1/0")
+    assert result.returncode == 1 and "Redis is not reachable at redis://127.0.0.1:1/0" in result.stderr
+    assert "redis-server --daemonize yes" in result.stderr
+
+
+def test_ctrl_c_cancels_annotate_folder_cleanly(stack, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for image in COCO_IMAGES[:96]:
+        (folder / image.name).symlink_to(image)
+    process = subprocess.Popen([sys.executable, "-m", "dispatcher", "annotate-folder", str(folder), "--function",
+                                "probe-slow", "-o", str(tmp_path / "out.json"), "--api", stack.url],
+                               cwd=REPO, env={**stack.env}, stderr=subprocess.PIPE, text=True)
+
+    def running():
+        requests = [r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["id"] == "probe-slow"
+                    and r["status"] == "started" and r["frames"]["done"] > 0]
+        return requests[0] if requests else None
+
+    request = wait_until(running, 60, "annotate-folder's request to make progress", 0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    final = stack.ok("GET", f"/api/lambda/requests/{request['id']}")
+    assert final["status"] == "canceled" and final["frames"]["done"] < 96
+    assert f"canceled: {final['exc_info']}. Task {final['function']['task']} keeps them" in stderr
+    assert not (tmp_path / "out.json").exists()
