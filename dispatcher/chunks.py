@@ -24,7 +24,7 @@ import rq
 from dispatcher import settings as dispatcher_settings
 from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert
 from dispatcher.gateway import Gateway, GatewayError
-from dispatcher.planner import FINAL_STATES, RequestBook
+from dispatcher.planner import FINAL_STATES, CallSlots, RequestBook
 from dispatcher.registry import Registry
 from dispatcher.store import NotFound, Store
 
@@ -38,6 +38,7 @@ class Services:
     """What a chunk needs; one per worker process."""
 
     book: RequestBook
+    slots: CallSlots
     registry: Registry
     store: Store
     retries: int  # further attempts after a retryable failure
@@ -57,9 +58,10 @@ class Cancelled(Exception):
 def worker_services() -> Services:
     """The services of this worker process, from the settings; built once, reused by every chunk."""
     settings = dispatcher_settings.current()
+    client = redis.Redis.from_url(settings.redis_url)
     return Services(
-        book=RequestBook(redis.Redis.from_url(settings.redis_url), settings.finished_request_ttl,
-                         settings.failed_request_ttl),
+        book=RequestBook(client, settings.finished_request_ttl, settings.failed_request_ttl),
+        slots=CallSlots(client, lease_seconds=settings.nuclio_timeout + 30),
         registry=Registry(Gateway(settings)),
         store=Store(settings.database_url, settings.data_dir, settings.server_files_root),
         retries=settings.frame_retries,
@@ -88,11 +90,15 @@ def chunk_failed(job: rq.job.Job, connection, error_type, error, traceback) -> N
 
 
 def _call_with_retries(services: Services, request_id: str, function, payload: dict):
-    for attempt in range(services.retries + 1):
+    def stop_if_canceled():
         if services.book.cancel_requested(request_id):
             raise Cancelled()
+
+    for attempt in range(services.retries + 1):
+        stop_if_canceled()
         try:
-            return services.registry.call(function, payload)
+            with services.slots.hold(function.id, max(1, function.workers), stop_if_canceled):
+                return services.registry.call(function, payload)
         except GatewayError as error:
             if error.status not in RETRYABLE_STATUSES or attempt == services.retries:
                 raise

@@ -20,6 +20,7 @@ their reason until their TTL (defect 11).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -70,6 +71,18 @@ return false
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[1]) end
+"""
+
+
+# Take a call slot of a function if fewer than its limit are held; expired leases (their holder
+# died) are dropped first. KEYS: the function's slot set. ARGV: now, lease expiry, limit, lease id.
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  return 1
+end
+return 0
 """
 
 
@@ -250,6 +263,36 @@ class RequestBook:
                 pipe.expire(self._key(rid, suffix), ttl)
             pipe.execute()
         self._release(keys=[holder_keys[0]] + ([holder_keys[2]] if target.job is not None else []), args=[rid])
+
+
+class CallSlots:
+    """How many calls each function has in flight, across every chunk of every request on every
+    worker: at most its worker count, so that chunks running side by side do not overrun it (a
+    nuclio function answers 503 when no worker frees up in time). Leases expire after
+    ``lease_seconds`` so that a dead worker's slots come back."""
+
+    def __init__(self, client: redis.Redis, lease_seconds: float, prefix: str = PREFIX):
+        self.redis = client
+        self.prefix = prefix
+        self.lease_seconds = lease_seconds
+        self._take = client.register_script(_TAKE_SLOT)
+
+    @contextlib.contextmanager
+    def hold(self, function_id: str, limit: int, should_stop=lambda: False):
+        """Wait for a slot (polling, backing off to 20 ms); ``should_stop`` is asked while waiting
+        and its exception, if it raises, propagates."""
+        key, lease, pause = f"{self.prefix}:slots:{function_id}", uuid.uuid4().hex, 0.001
+        while True:
+            now = time.time()
+            if self._take(keys=[key], args=[now, now + self.lease_seconds, limit, lease]):
+                break
+            should_stop()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        try:
+            yield
+        finally:
+            self.redis.zrem(key, lease)
 
 
 def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str, parameters: dict,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import redis
 import rq
 
+import dispatcher.chunks  # noqa: F401  imported before RQ forks a child per chunk, so no chunk pays for it
 from dispatcher.planner import QUEUE
 from dispatcher.settings import Settings
 

@@ -43,6 +43,12 @@ def platform(tmp_path_factory, face_models):
             "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432,
             "spec.platform.attributes.restartPolicy": {"name": "always", "maximumRetryCount": 3}}
     copy_function(PROBE, tree / "slow", **{"metadata.name": "probe-slow", **slow})
+    # One worker, 1 s per call, no patience for a second caller: chunks running side by side must
+    # share its one worker; calling it at once would get 503s, more than retries can absorb.
+    copy_function(PROBE, tree / "one", **{"metadata.name": "probe-one", **slow,
+                                          "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "1.0"}],
+                                          "spec.triggers.myHttpTrigger.maxWorkers": 1,
+                                          "spec.triggers.myHttpTrigger.workerAvailabilityTimeoutMilliseconds": 100})
     copy_function(PROBE, tree / "interactor", **{"metadata.name": "probe-interactor",
                                                  "metadata.annotations.type": "interactor",
                                                  "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
@@ -153,7 +159,7 @@ def test_every_call_needs_the_token_when_one_is_set(stack):
 
 def test_functions_are_listed_with_their_state(stack):
     functions = {f["id"]: f for f in stack.ok("GET", "/api/lambda/functions")}
-    assert {YOLO, FACE, "probe-slow", "probe-interactor", "probe-down"} <= functions.keys()
+    assert {YOLO, FACE, "probe-slow", "probe-one", "probe-interactor", "probe-down"} <= functions.keys()
     assert functions[YOLO]["state"] == "ready" and functions[YOLO]["kind"] == "detector"
     assert functions["probe-down"]["state"] == "error" and "no weights here" in functions["probe-down"]["message"]
     assert functions["probe-interactor"]["min_pos_points"] == 1
@@ -331,6 +337,16 @@ def test_a_job_run_covers_its_frames_and_runs_beside_another_job(stack):
         ("finished", 100, 3, first), ("finished", 100, 3, second)]
     frames = Counter(s["frame"] for s in stack.ok("GET", f"/api/jobs/{first}/annotations")["shapes"])
     assert frames == {0: 1, 1: 1, 2: 1}
+
+
+def test_requests_side_by_side_share_a_functions_workers(stack):
+    tasks = [stack.task(THING, COCO_IMAGES[:3]) for _ in range(2)]
+    runs = [stack.ok("POST", "/api/lambda/requests", json={"function": "probe-one", "task": task["id"]})
+            for task in tasks]
+    for run in runs:
+        request = stack.wait(run["id"])
+        assert (request["status"], request["frames"], request["failures"]) == (
+            "finished", {"total": 3, "done": 3, "failed": 0}, [])
 
 
 def test_cancel_stops_the_run_and_keeps_what_was_written(stack):

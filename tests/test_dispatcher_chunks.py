@@ -15,7 +15,7 @@ import rq
 from dispatcher import settings as dispatcher_settings
 from dispatcher.chunks import Services, run_chunk
 from dispatcher.gateway import Gateway
-from dispatcher.planner import QUEUE, RequestBook, Target, plan_chunks, submit
+from dispatcher.planner import QUEUE, CallSlots, RequestBook, Target, plan_chunks, submit
 from dispatcher.registry import Registry
 from dispatcher.store import Store
 
@@ -47,7 +47,8 @@ def services(platform, tmp_path):
     prefix = f"dispatcher-test-{uuid.uuid4().hex}"
     store = Store(None, tmp_path / "data", None)
     settings = dispatcher_settings.load({"NUCLIO_URL": platform.url})
-    yield Services(RequestBook(client, 1800, 10800, prefix), Registry(Gateway(settings)), store, retries=1, backoff=0.05)
+    yield Services(RequestBook(client, 1800, 10800, prefix), CallSlots(client, 60, prefix), Registry(Gateway(settings)),
+                   store, retries=1, backoff=0.05)
     store.close()
     keys = list(client.scan_iter(f"{prefix}:*"))
     if keys:

@@ -7,7 +7,7 @@ import uuid
 import pytest
 import redis
 
-from dispatcher.planner import Conflict, RequestBook, Target, plan_chunks, request_id
+from dispatcher.planner import CallSlots, Conflict, RequestBook, Target, plan_chunks, request_id
 
 
 @pytest.fixture
@@ -130,3 +130,46 @@ def test_expired_requests_leave_the_list(book):
     rid = book.create(Target(9), "yolo", {}, [0])
     book.redis.delete(f"{book.prefix}:request:{rid}")
     assert book.get(rid) is None and book.list() == []
+
+
+def test_call_slots_bound_calls_in_flight_across_holders(book):
+    slots = CallSlots(book.redis, lease_seconds=60, prefix=book.prefix)
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def call():
+        with slots.hold("yolo", 2):
+            with lock:
+                in_flight[0] += 1
+                peak[0] = max(peak[0], in_flight[0])
+            time.sleep(0.02)
+            with lock:
+                in_flight[0] -= 1
+
+    threads = [threading.Thread(target=call) for _ in range(8)]  # as if from several chunks and workers
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak[0] == 2 and book.redis.zcard(f"{book.prefix}:slots:yolo") == 0
+
+
+def test_a_dead_holders_slot_comes_back_after_its_lease(book):
+    slots = CallSlots(book.redis, lease_seconds=0.2, prefix=book.prefix)
+    dead = slots.hold("yolo", 1)
+    dead.__enter__()  # taken and never given back: its holder died
+    started = time.monotonic()
+    with slots.hold("yolo", 1):
+        assert 0.15 < time.monotonic() - started < 2
+    del dead
+
+
+def test_waiting_for_a_slot_stops_when_asked(book):
+    slots = CallSlots(book.redis, lease_seconds=60, prefix=book.prefix)
+
+    def canceled():
+        raise InterruptedError("canceled")
+
+    with slots.hold("yolo", 1):
+        with pytest.raises(InterruptedError):
+            with slots.hold("yolo", 1, canceled):
+                pass
