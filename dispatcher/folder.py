@@ -64,21 +64,34 @@ class LocalProcesses(contextlib.ExitStack):
         process = subprocess.Popen(command, env={**os.environ, **environment}, cwd=REPOSITORY, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.callback(log.close)
-        self.callback(_stop, process)
+        self.callback(stop_process, process)
 
     def log_hint(self) -> str:
         return f"logs: {self.log_dir}"
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen, grace: float = 15) -> None:
+    """SIGTERM to the process group of a process started with ``start_new_session``; after
+    ``grace`` seconds SIGKILL to the group and to the process's children, which an RQ worker forks
+    into process groups of their own (an orphaned chunk would go on calling its function)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(15)
+        process.wait(grace)
     except subprocess.TimeoutExpired:
+        for pid in child_pids(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def child_pids(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    return []
 
 
 def _wait(what: str, check, timeout: float, services: LocalProcesses):

@@ -22,6 +22,8 @@ import redis
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from dispatcher.folder import child_pids, stop_process
+
 from conftest import (FACE_FUNCTION, PROBE, REPO, TESTDATA, copy_function, free_port, postgres_database,
                       serve_platform, wait_until)
 
@@ -91,14 +93,7 @@ class Stack:
     def close(self) -> None:
         self.http.close()
         for process in [self.api, *self.workers]:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in [self.api, *self.workers]:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process(process, grace=20)
 
     # helpers
 
@@ -380,7 +375,7 @@ def test_a_worker_killed_mid_chunk_costs_nothing(stack):
     victim = stack.workers[0]
     # RQ runs each chunk in a forked child (its "horse", in a process group of its own): the host
     # going down takes both, mid-chunk.
-    horses = wait_until(lambda: children(victim.pid), 30, "the worker to be running a chunk", 0.01)
+    horses = wait_until(lambda: child_pids(victim.pid), 30, "the worker to be running a chunk", 0.01)
     for pid in [victim.pid, *horses]:
         os.kill(pid, signal.SIGKILL)
     victim.wait()
@@ -389,15 +384,6 @@ def test_a_worker_killed_mid_chunk_costs_nothing(stack):
     assert (request["status"], request["frames"]) == ("finished", {"total": 64, "done": 64, "failed": 0})
     frames = Counter(shape["frame"] for shape in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
     assert frames == {frame: 1 for frame in range(64)}  # every frame once: no duplicates, none missing
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
 
 
 def parent(pid: int) -> int:
