@@ -61,7 +61,7 @@ def worker_services() -> Services:
     client = redis.Redis.from_url(settings.redis_url)
     return Services(
         book=RequestBook(client, settings.finished_request_ttl, settings.failed_request_ttl),
-        slots=CallSlots(client, lease_seconds=settings.nuclio_timeout + 30),
+        slots=CallSlots(client),
         registry=Registry(Gateway(settings)),
         store=Store(settings.database_url, settings.data_dir, settings.server_files_root),
         retries=settings.frame_retries,

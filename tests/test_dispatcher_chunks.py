@@ -47,7 +47,7 @@ def services(platform, tmp_path):
     prefix = f"dispatcher-test-{uuid.uuid4().hex}"
     store = Store(None, tmp_path / "data", None)
     settings = dispatcher_settings.load({"NUCLIO_URL": platform.url})
-    yield Services(RequestBook(client, 1800, 10800, prefix), CallSlots(client, 60, prefix), Registry(Gateway(settings)),
+    yield Services(RequestBook(client, 1800, 10800, prefix), CallSlots(client, prefix=prefix), Registry(Gateway(settings)),
                    store, retries=1, backoff=0.05)
     store.close()
     keys = list(client.scan_iter(f"{prefix}:*"))

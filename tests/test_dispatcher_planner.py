@@ -154,13 +154,28 @@ def test_call_slots_bound_calls_in_flight_across_holders(book):
 
 
 def test_a_dead_holders_slot_comes_back_after_its_lease(book):
-    slots = CallSlots(book.redis, lease_seconds=0.2, prefix=book.prefix)
-    dead = slots.hold("yolo", 1)
-    dead.__enter__()  # taken and never given back: its holder died
+    slots = CallSlots(book.redis, lease_seconds=0.3, prefix=book.prefix)
+    book.redis.zadd(f"{book.prefix}:slots:yolo", {"dead-holder": time.time() + 0.3})  # what a dead worker leaves
     started = time.monotonic()
     with slots.hold("yolo", 1):
-        assert 0.15 < time.monotonic() - started < 2
-    del dead
+        assert 0.2 < time.monotonic() - started < 2
+
+
+def test_a_long_call_keeps_its_slot(book):
+    slots = CallSlots(book.redis, lease_seconds=0.3, prefix=book.prefix)
+    with slots.hold("yolo", 1):
+        time.sleep(1)  # three leases long: renewed meanwhile
+        assert book.redis.zcard(f"{book.prefix}:slots:yolo") == 1
+        waiting = time.monotonic()
+
+        def give_up_after_a_lease_and_more():
+            if time.monotonic() - waiting > 0.6:
+                raise InterruptedError
+
+        other = CallSlots(book.redis, lease_seconds=0.3, prefix=book.prefix)
+        with pytest.raises(InterruptedError):  # the slot stayed taken for two more leases
+            with other.hold("yolo", 1, give_up_after_a_lease_and_more):
+                pass
 
 
 def test_waiting_for_a_slot_stops_when_asked(book):
