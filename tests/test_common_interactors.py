@@ -1,0 +1,70 @@
+"""The interactors' shared pieces: request reading, click maps against hand-computed values, crop
+and paste-back geometry, the reply."""
+
+import math
+
+import numpy as np
+import pytest
+
+from serverless.common.handler import BadRequest
+from serverless.common.interactors import (gaussian_heatmap, mask_reply, normalise_255, padded_box, paste,
+                                           read_box, read_points)
+
+
+def test_points_are_read_and_checked():
+    body = {"pos_points": [[1, 2], [3.5, 4]], "neg_points": []}
+    assert read_points(body, "pos_points", 10, 10).tolist() == [[1, 2], [3.5, 4]]
+    assert read_points(body, "neg_points", 10, 10).shape == (0, 2)
+    assert read_points({}, "neg_points", 10, 10).shape == (0, 2)
+    cases = [
+        ({}, "pos_points", 4, "'pos_points' is required: at least 4 points as [[x, y], ...]"),
+        ({"pos_points": [[1, 1]]}, "pos_points", 4, "'pos_points' needs at least 4 points, got 1"),
+        ({"pos_points": [[1, 2, 3]]}, "pos_points", 0, "'pos_points[0]' must be [x, y] with two numbers, got [1, 2, 3]"),
+        ({"pos_points": [[1, True]]}, "pos_points", 0, "'pos_points[0]' must be [x, y] with two numbers, got [1, True]"),
+        ({"pos_points": [[11, 2]]}, "pos_points", 0, "'pos_points[0]' = [11, 2] is outside the 10x10 image"),
+        ({"pos_points": "1,2"}, "pos_points", 0, "'pos_points' must be a list of [x, y] points, got str"),
+    ]
+    for body, key, minimum, message in cases:
+        with pytest.raises(BadRequest) as error:
+            read_points(body, key, 10, 10, minimum)
+        assert str(error.value) == message
+
+
+def test_boxes_in_either_form_and_none():
+    assert read_box({"obj_bbox": [[8, 9], [2, 3]]}, 10, 10) == (2, 3, 8, 9)  # corners in any order
+    assert read_box({"obj_bbox": [2, 3, 12, 9]}, 10, 10) == (2, 3, 10, 9)  # clipped to the image
+    assert read_box({"obj_bbox": []}, 10, 10) is None and read_box({"obj_bbox": None}, 10, 10) is None
+    with pytest.raises(BadRequest, match="must be"):
+        read_box({"obj_bbox": [[1, 2]]}, 10, 10)
+    with pytest.raises(BadRequest, match="outside the 10x10 image"):
+        read_box({"obj_bbox": [20, 20, 30, 30]}, 10, 10)
+
+
+def test_gaussian_heatmap_by_hand():
+    heatmap = gaussian_heatmap(np.array([[2.0, 1.0]]), (3, 5), sigma=10)
+    assert heatmap[1, 2] == 1.0
+    # d^2 = 4 + 1 = 5 at (x=0, y=0): exp(-4 ln2 * 5 / 100) = 2^(-0.2)
+    assert heatmap[0, 0] == pytest.approx(2 ** -0.2, rel=1e-6)
+    # at half the width (d = sigma / 2) the value is one half
+    assert gaussian_heatmap(np.array([[0.0, 0.0]]), (1, 6), sigma=10)[0, 5] == pytest.approx(0.5)
+    two = gaussian_heatmap(np.array([[0.0, 0.0], [4.0, 0.0]]), (1, 5), sigma=10)
+    assert two[0, 4] == 1.0 and two[0, 2] == pytest.approx(math.exp(-4 * math.log(2) * 4 / 100))
+    assert gaussian_heatmap(np.zeros((0, 2)), (2, 2)).tolist() == [[0, 0], [0, 0]]
+    assert normalise_255(np.array([1.0, 2.0, 3.0])).tolist() == [0, 127.5, 255]
+    assert normalise_255(np.ones(3)).tolist() == [0, 0, 0]
+
+
+def test_padded_box_and_paste_geometry():
+    points = np.array([[60.7, 70.2], [100.9, 90.0]])
+    assert padded_box(points, 50, (200, 300)) == (10, 20, 150, 140)  # truncated, then padded
+    assert padded_box(points, 80, (150, 120)) == (0, 0, 119, 149)  # clipped to the last column/row
+    crop = np.array([[0, 1], [1, 1], [0, 0]])
+    full = paste(crop, (3, 1, 5, 4), (5, 6))
+    assert full.dtype == np.uint8 and full.sum() == 3
+    assert full[1:4, 3:5].tolist() == [[0, 1], [1, 1], [0, 0]]
+    with pytest.raises(ValueError):
+        paste(crop, (3, 1, 6, 4), (5, 6))
+
+
+def test_the_reply_is_the_whole_image_in_0_and_255():
+    assert mask_reply(np.array([[0, 3], [True, 0]])) == {"mask": [[0, 255], [255, 0]]}
