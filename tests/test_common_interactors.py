@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from serverless.common.handler import BadRequest
-from serverless.common.interactors import (gaussian_heatmap, mask_reply, normalise_255, padded_box, paste,
-                                           read_box, read_points)
+from serverless.common.interactors import (gaussian_heatmap, interactor_handler, mask_reply, normalise_255,
+                                           padded_box, paste, read_box, read_points, rle_reply)
 
 
 def test_points_are_read_and_checked():
@@ -68,3 +68,45 @@ def test_padded_box_and_paste_geometry():
 
 def test_the_reply_is_the_whole_image_in_0_and_255():
     assert mask_reply(np.array([[0, 3], [True, 0]])) == {"mask": [[0, 255], [255, 0]]}
+
+
+def test_the_compact_reply_is_cvats_stored_rle():
+    # CVAT's worked example (cvat-compat.md 4.7): a 3 x 4 box at the origin.
+    flat = [1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0]
+    mask = np.zeros((6, 5), dtype=np.uint8)
+    mask[0:4, 0:3] = np.array(flat).reshape(4, 3)
+    assert rle_reply(mask) == {"rle": [0, 2, 2, 2, 2, 2, 2, 0, 0, 2, 3], "size": [6, 5]}
+    assert rle_reply(np.zeros((2, 3))) == {"rle": [], "size": [2, 3]}
+
+
+def test_an_interactor_handler_answers_cvats_reply_or_the_compact_one(tmp_path):
+    """The handler over a real nuclio-sdk Context and Event, with a segment that marks the box."""
+    import base64
+    import io
+    import json
+
+    import nuclio_sdk
+    from PIL import Image
+
+    def segment(context, interaction):
+        x1, y1, x2, y2 = (int(v) for v in interaction.box)
+        mask = np.zeros(interaction.shape, dtype=bool)
+        mask[y1:y2, x1:x2] = True
+        return mask
+
+    handler = interactor_handler(segment, box_required=True)
+    buffer = io.BytesIO()
+    Image.new("RGB", (5, 3)).save(buffer, "PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    context = nuclio_sdk.Context(logger=nuclio_sdk.Logger(0))
+
+    def call(**body):
+        return handler(context, nuclio_sdk.Event(body={"image": image, "pos_points": [], "neg_points": [], **body}))
+
+    reply = call(obj_bbox=[[1, 0], [3, 2]])
+    assert reply.status_code == 200 and json.loads(reply.body)["mask"] == [[0, 255, 255, 0, 0]] * 2 + [[0] * 5]
+    compact = json.loads(call(obj_bbox=[1, 0, 3, 2], mask_format="cvat_rle").body)
+    assert compact == {"rle": [0, 4, 1, 0, 2, 1], "size": [3, 5]}  # 2 x 2 of object at columns 1-2, rows 0-1
+    assert (call(obj_bbox=None).status_code, call(obj_bbox=None).body) == (
+        400, "'obj_bbox' is required: this interactor starts from the object's box, [[x1, y1], [x2, y2]]")
+    assert call(obj_bbox=[1, 0, 3, 2], mask_format="png").body == "'mask_format' must be one of full, cvat_rle, got 'png'"

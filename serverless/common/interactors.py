@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from serverless.common import masks
 from serverless.common.handler import BadRequest, json_handler, read_probability
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2
@@ -96,18 +97,37 @@ def interactor_handler(segment: Callable[[Any, Interaction], np.ndarray], **read
     @json_handler
     @functools.wraps(segment)
     def process(context, body):
+        mask_format = body.get("mask_format", "full")
+        if mask_format not in MASK_FORMATS:
+            raise BadRequest(f"'mask_format' must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
         interaction = read_interaction(body, **reading)
         mask = segment(context, interaction)
         if mask.shape != interaction.shape:
             raise AssertionError(f"the mask is {mask.shape}, the image {interaction.shape}")
-        return mask_reply(mask)
+        return mask_reply(mask) if mask_format == "full" else rle_reply(mask)
 
     return process
+
+
+# "full": CVAT's reply (default). "cvat_rle": our compact extension, the mask as CVAT stores a mask
+# shape's points (RLE of its bounding box plus the box), a few hundred numbers instead of H x W.
+MASK_FORMATS = ("full", "cvat_rle")
 
 
 def mask_reply(mask: np.ndarray) -> dict:
     """CVAT's version-2 reply: the whole image, 0 or 255 (non-zero input is foreground)."""
     return {"mask": np.where(mask != 0, 255, 0).astype(np.uint8).tolist()}
+
+
+def rle_reply(mask: np.ndarray) -> dict:
+    """``{"rle": [runs..., xtl, ytl, xbr, ybr], "size": [H, W]}``, CVAT's storage form (cvat-compat
+    4.7, inclusive box); an empty mask has ``"rle": []``."""
+    box = masks.mask_box(mask != 0)
+    if box is None:
+        return {"rle": [], "size": list(mask.shape)}
+    xtl, ytl, xbr, ybr = box
+    return {"rle": masks.rle_encode(mask[ytl:ybr + 1, xtl:xbr + 1] != 0) + [xtl, ytl, xbr, ybr],
+            "size": list(mask.shape)}
 
 
 def gaussian_heatmap(points: np.ndarray, shape: tuple[int, int], sigma: float = 10.0) -> np.ndarray:
