@@ -119,3 +119,14 @@ def test_tiny_layout_is_picked_from_the_number_of_outputs():
     model = model_handler.OpenVINOModel(model_files.resolve("yolo-v3-tiny").file(".xml"))
     grids = {o.name: o.anchors.tolist() for o in model_handler.region_outputs(model)}
     assert grids == {"yolo_13": [[81, 82], [135, 169], [344, 319]], "yolo_26": [[23, 27], [37, 58], [81, 82]]}
+
+
+def test_openvino_inference_precision_is_a_setting():
+    from serverless.common import settings as function_settings
+    from serverless.common.openvino_model import OpenVINOModel
+
+    xml = model_files.resolve("yolo-v3-tiny").file(".xml")
+    model = OpenVINOModel(xml, function_settings.load({"OPENVINO_INFERENCE_PRECISION": "F32"}))
+    assert str(model.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    with pytest.raises(ValueError, match="OPENVINO_INFERENCE_PRECISION='fp64' is not one of f32, bf16, f16"):
+        function_settings.load({"OPENVINO_INFERENCE_PRECISION": "fp64"})

@@ -32,6 +32,8 @@ class OpenVINOModel:
         config = {"PERFORMANCE_HINT": settings.openvino_hint}
         if settings.openvino_threads:
             config["INFERENCE_NUM_THREADS"] = settings.openvino_threads
+        if settings.openvino_precision:
+            config["INFERENCE_PRECISION_HINT"] = settings.openvino_precision
         self.model = _core().read_model(xml_path)  # the graph as read, for handlers that inspect its ops
         self.compiled = _core().compile_model(self.model, settings.openvino_device, config)
         self.output_names = [port.any_name for port in self.compiled.outputs]
