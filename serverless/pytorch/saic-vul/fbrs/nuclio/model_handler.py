@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serverless.common import model_files
+from serverless.common.torch_weights import BATCHES_TRACKED, load_exactly
 from serverless.common.interactors import Interaction
 
 CHECKPOINT = "resnet101_dh256_sbd.pth"
@@ -273,27 +274,12 @@ def load_network(path: Path, device: torch.device | str = "cpu") -> FbrsDeepLab:
     if any(HRNET_MARKER in name for name in state):
         raise ValueError(f"{path}: an f-BRS HRNet checkpoint; this function runs the DeepLab ResNet-101 one "
                          f"({CHECKPOINT})")
+    # Counters are dropped (they start at zero): MXNet-converted files have none to agree with.
     state = {name: value for name, value in state.items()
-             if name not in IGNORED_KEYS and not name.endswith("num_batches_tracked")}
+             if name not in IGNORED_KEYS and not name.endswith(BATCHES_TRACKED)}
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
         network = FbrsDeepLab()
-    expected = {name: t for name, t in network.state_dict().items() if not name.endswith("num_batches_tracked")}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path}: does not match f-BRS DeepLabV3+ ResNet-101 (dh256): {len(missing)} missing key(s) "
-                         f"{missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}")
-    tensors = {}
-    for name, value in state.items():
-        if not isinstance(value, torch.Tensor) or value.shape != expected[name].shape:
-            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(f"{path}: {name} has shape {shape}, expected {tuple(expected[name].shape)}")
-        tensors[name] = value.float()
-    for name in network.state_dict():
-        if name.endswith("num_batches_tracked"):
-            tensors[name] = torch.zeros((), dtype=torch.long)
-    network.load_state_dict(tensors, strict=True, assign=True)
-    return network.requires_grad_(False).eval().to(device)
+    return load_exactly(network, state, path, "f-BRS DeepLabV3+ ResNet-101 (dh256)").to(device)
 
 
 # --- clicks ---------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serverless.common import model_files
+from serverless.common.torch_weights import load_exactly
 from serverless.common.interactors import Interaction
 
 CHECKPOINT = "coco_lvis_h18_itermask.pth"
@@ -365,22 +366,12 @@ def load_network(path: Path, device: torch.device | str = "cpu") -> HRNetModel:
     config = ModelConfig.from_checkpoint(checkpoint["config"], path)
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
         network = HRNetModel(config)
-    expected = network.state_dict()
-    weights = checkpoint["state_dict"]
-    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path}: does not match RITM's HRNetModel: {len(missing)} missing key(s) {missing[:5]}, "
-                         f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
-    for name, tensor in weights.items():
-        if tensor.shape != expected[name].shape:
-            raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
-    network.load_state_dict(weights, strict=True, assign=True)
+    network = load_exactly(network, checkpoint["state_dict"], path, "RITM's HRNetModel")
     # The normalisation buffers are not in the checkpoint; make them real tensors again.
     mean, std = config.norm_mean_std
     network.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     network.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    network.requires_grad_(False)
-    return network.to(device).eval()
+    return network.to(device)
 
 
 # --- the predictor (isegm/inference/predictors/base.py, transforms/zoom_in.py, flip.py) --------------

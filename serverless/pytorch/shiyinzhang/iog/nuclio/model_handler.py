@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serverless.common import model_files
+from serverless.common.torch_weights import load_exactly
 from serverless.common.interactors import Interaction, gaussian_heatmap, normalise_255, padded_box, paste
 
 CHECKPOINT = "IOG_PASCAL_SBD.pth"
@@ -63,8 +64,6 @@ INPUT_CHANNELS = 5  # RGB, inside map, outside map
 PYRAMID_CHANNELS = (512, 1024, 512, 256)  # psp4, layer3, layer2, layer1 (CoarseNet's channel_settings)
 PSP_POOL_SIZES = (1, 2, 3, 6)
 FINE_SIZE = 128  # CoarseNet/FineNet output_shape
-# Optional in the file: only PyTorch >= 0.4.1 saves them, and inference never reads them.
-BATCHES_TRACKED = "num_batches_tracked"
 
 
 def conv_bn(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -206,24 +205,7 @@ def load_network(path: Path, device: torch.device | str = "cpu") -> IOGNetwork:
                          "as torch.save(net.state_dict()) writes it)")
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
         network = IOGNetwork()
-    expected = network.state_dict()
-    required = {name for name in expected if not name.endswith(BATCHES_TRACKED)}
-    missing = sorted(required - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path}: does not match IOG ResNet-101: {len(missing)} missing key(s) {missing[:5]}, "
-                         f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
-    tensors = {}
-    for name, reference in expected.items():
-        if name.endswith(BATCHES_TRACKED):
-            tensors[name] = torch.zeros((), dtype=torch.long)
-            continue
-        tensor = weights[name]
-        if tensor.shape != reference.shape:
-            raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(reference.shape)}")
-        tensors[name] = tensor.float()
-    network.load_state_dict(tensors, strict=True, assign=True)
-    network.requires_grad_(False)
+    network = load_exactly(network, weights, path, "IOG ResNet-101")
     # channels_last: oneDNN's convolutions take less CPU time in that layout.
     return network.to(device, memory_format=torch.channels_last).eval()
 

@@ -31,6 +31,7 @@ from PIL import Image
 from torch import nn
 
 from serverless.common import detections, metadata, model_files
+from serverless.common.torch_weights import load_exactly
 
 FUNCTION_YAML = Path(__file__).with_name("function.yaml")
 CHECKPOINT = "model_final_971ab9.pkl"
@@ -271,20 +272,7 @@ def load_network(path: Path, device: torch.device | str = "cpu") -> RetinaNet:
     weights = _check_old_buffers(read_checkpoint(path), path)
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
         network = RetinaNet()
-    expected = network.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path}: does not match RetinaNet R101-FPN: {len(missing)} missing key(s) "
-                         f"{missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}")
-    tensors = {}
-    for name, value in weights.items():
-        tensor = torch.as_tensor(np.asarray(value), dtype=torch.float32)
-        if tensor.shape != expected[name].shape:
-            raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
-        tensors[name] = tensor
-    network.load_state_dict(tensors, strict=True, assign=True)
-    network.requires_grad_(False)
+    network = load_exactly(network, weights, path, "RetinaNet R101-FPN")
     with torch.no_grad():
         for module in network.modules():
             if isinstance(module, Conv2d):
