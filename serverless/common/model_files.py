@@ -179,9 +179,19 @@ def _install(source_stream, destination: Path, item: ModelFile) -> None:
     if not checksum_ok(Path(temporary.name), item):
         os.unlink(temporary.name)
         raise ValueError(f"{item.name}: {item.algorithm} does not match the catalogue")
+    if item.algorithm is None and _is_web_page(Path(temporary.name)):
+        # With no checksum to catch it, a sign-in or "confirm download" page would pass as weights.
+        os.unlink(temporary.name)
+        raise ValueError(f"{item.name}: got a web page (HTML), not the model file")
     if item.algorithm is None:
         print(f"  note: the catalogue pins no checksum for {item.name}; sha256 {_digest(Path(temporary.name), 'sha256')}")
     os.replace(temporary.name, destination)
+
+
+def _is_web_page(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        head = stream.read(512).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
 
 
 def _fetch(item: ModelFile, destination: Path) -> None:
