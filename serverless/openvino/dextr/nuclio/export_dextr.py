@@ -42,34 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serverless.common.torch_blocks import Bottleneck
+
 INPUT_SIZE = 512
 INPUT_CHANNELS = 4  # R, G, B and the extreme-point heatmap
 OUTPUT_STRIDE = 8
 RESNET_BLOCKS = (3, 4, 23, 3)
 PSP_BINS = (1, 2, 3, 6)
 IR_NAME = "dextr"
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, planes, 1, stride=stride, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        residual = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + residual)
 
 
 def adaptive_pooling_matrix(size: int, bins: int) -> torch.Tensor:
@@ -129,12 +109,11 @@ class DextrResNet101(nn.Module):
         self.layer5 = PSPModule(feature_size=input_size // OUTPUT_STRIDE)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-        out_channels = planes * Bottleneck.expansion
-        downsample = nn.Sequential(nn.Conv2d(self.in_channels, out_channels, 1, stride=stride, bias=False),
-                                   nn.BatchNorm2d(out_channels))
-        layers = [Bottleneck(self.in_channels, planes, stride, dilation, downsample)]
+        out_channels = planes * 4
+        layers = [Bottleneck(self.in_channels, planes, stride=stride, dilation=dilation, downsample=True,
+                             stride_on_1x1=True)]
         self.in_channels = out_channels
-        layers += [Bottleneck(out_channels, planes, dilation=dilation) for _ in range(1, blocks)]
+        layers += [Bottleneck(out_channels, planes, dilation=dilation, stride_on_1x1=True) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

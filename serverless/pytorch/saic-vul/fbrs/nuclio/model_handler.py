@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serverless.common import model_files
+from serverless.common.torch_blocks import Bottleneck
 from serverless.common.torch_weights import BATCHES_TRACKED, load_exactly
 from serverless.common.interactors import Interaction
 
@@ -108,29 +109,6 @@ class SeparableConv2d(nn.Module):
         return self.body(x)
 
 
-class Bottleneck(nn.Module):
-    """ResNet v1b bottleneck: the stride and the dilation are in the 3x3 conv."""
-
-    def __init__(self, in_channels: int, planes: int, stride: int, dilation: int):
-        super().__init__()
-        out_channels = planes * 4
-        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.downsample = (nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                         nn.BatchNorm2d(out_channels))
-                           if stride != 1 or in_channels != out_channels else None)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
 class ResNetBackbone(nn.Module):
     """ResNet-101 v1s, dilated: returns layer1 (stride 4) and layer4 (stride 8) features."""
 
@@ -146,8 +124,9 @@ class ResNetBackbone(nn.Module):
         for index, (blocks, (stride, dilation)) in enumerate(zip(RESNET_BLOCKS, ((1, 1), (2, 1), (1, 2), (1, 4)))):
             planes = 64 * 2 ** index
             first_dilation = 1 if dilation in (1, 2) else dilation // 2
-            layer = [Bottleneck(in_channels, planes, stride, first_dilation)]
-            layer += [Bottleneck(planes * 4, planes, 1, dilation) for _ in range(blocks - 1)]
+            layer = [Bottleneck(in_channels, planes, stride=stride, dilation=first_dilation,
+                                downsample=stride != 1 or in_channels != planes * 4)]
+            layer += [Bottleneck(planes * 4, planes, dilation=dilation) for _ in range(blocks - 1)]
             self.add_module(f"layer{index + 1}", nn.Sequential(*layer))
             in_channels = planes * 4
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serverless.common import model_files
+from serverless.common.torch_blocks import Bottleneck
 from serverless.common.torch_weights import load_exactly
 from serverless.common.interactors import Interaction
 
@@ -122,28 +123,6 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + x)
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, in_channels: int, channels: int):
-        super().__init__()
-        out_channels = channels * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = conv_bn(in_channels, out_channels, 1, relu=False) if in_channels != out_channels else None
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
 class HighResolutionModule(nn.Module):
@@ -243,9 +222,10 @@ class HighResolutionNet(nn.Module):
         self.conv2 = nn.Conv2d(64, 64, 3, stride=2, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(*[Bottleneck(64 if i == 0 else 256, 64) for i in range(num_blocks)])
+        self.layer1 = nn.Sequential(*[Bottleneck(64 if i == 0 else 256, 64, downsample=i == 0)
+                                      for i in range(num_blocks)])
 
-        previous = [64 * Bottleneck.expansion]
+        previous = [64 * 4]  # layer1's bottlenecks expand 4x
         for stage, num_modules in ((2, 1), (3, 3 if small else 4), (4, 2 if small else 3)):
             channels = [width * 2 ** branch for branch in range(stage)]
             self.add_module(f"transition{stage - 1}", self._transition(previous, channels))

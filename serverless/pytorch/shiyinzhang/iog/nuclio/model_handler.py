@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serverless.common import model_files
+from serverless.common.torch_blocks import Bottleneck
 from serverless.common.torch_weights import load_exactly
 from serverless.common.interactors import Interaction, gaussian_heatmap, normalise_255, padded_box, paste
 
@@ -68,31 +69,6 @@ FINE_SIZE = 128  # CoarseNet/FineNet output_shape
 
 def conv_bn(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False), nn.BatchNorm2d(out_channels)]
-
-
-class Bottleneck(nn.Module):
-    """ResNet bottleneck with the stride (and dilation) in the 3x3 conv; ``width * expansion`` out."""
-
-    def __init__(self, in_channels: int, width: int, *, expansion: int = 4, stride: int = 1, dilation: int = 1,
-                 downsample: bool = False):
-        super().__init__()
-        out_channels = width * expansion
-        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=stride, padding=dilation, dilation=dilation,
-                               bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_channels, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.downsample = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-            nn.BatchNorm2d(out_channels)) if downsample else None
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
 class ResNet(nn.Module):
