@@ -230,7 +230,20 @@ def _shape(item: dict, label_mapping: LabelMapping, attributes: list[dict], fram
         shape["rotation"] = rotation
     shape.update({"occluded": False, "outside": outside, "z_order": 0, "group": group,
                   "attributes": [dict(attribute) for attribute in attributes]})
+    score = _score(item.get("confidence"))
+    if score is not None:
+        shape["score"] = score
     return shape
+
+
+def _score(confidence) -> float | None:
+    """The item's confidence as a number (CVAT functions send strings such as "0.99"), kept as our
+    ``score`` extension so viewers can show it; absent or unreadable: none, never an error (1.6)."""
+    try:
+        value = float(confidence)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and not isinstance(confidence, bool) else None
 
 
 def checked_points(value, shape_type: str, where: str) -> list:

@@ -123,6 +123,8 @@ request_frames = Table(
 
 KINDS = ("tags", "shapes", "tracks")
 PATCH_ACTIONS = ("create", "update", "delete")
+# What server-file listings call an image (Pillow opens more; these are what people keep photos in).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 SHAPE_AND_SKELETON_TYPES = (*SHAPE_TYPES, "skeleton")
 _SPEC_FIELD = "metadata.annotations.spec"  # how parse_label_spec names the label list in its messages
 _BATCH = 5000  # frames per IN (...) list, well below SQLite's and PostgreSQL's parameter limits
@@ -190,6 +192,8 @@ class Store:
         with self._engine.begin() as connection:
             task = _task_row(connection, task_id)
             size = _task_size(connection, task_id)
+            annotation_count = connection.execute(select(func.count()).select_from(annotations).where(
+                annotations.c.task_id == task_id)).scalar_one()
             label_rows = connection.execute(
                 select(labels).where(labels.c.task_id == task_id).order_by(labels.c.position)).all()
             attribute_rows = connection.execute(
@@ -213,6 +217,7 @@ class Store:
 
         return {
             "id": task.id, "name": task.name, "size": size, "segment_size": task.segment_size,
+            "annotations_count": annotation_count,  # ours: tags, shapes and tracks stored
             "created_date": _iso(task.created_date),
             "labels": [label_dict(row) for row in label_rows if row.parent_id is None],
             "jobs": [{"id": job.id, "start_frame": job.start_frame, "stop_frame": job.stop_frame} for job in job_rows],
@@ -302,6 +307,30 @@ class Store:
         if not resolved.is_file():
             raise InvalidInput(f"{where}: no such file under the server files root")
         return resolved, resolved.relative_to(self.server_files_root).as_posix()
+
+    def list_server_files(self, directory: str) -> list[dict]:
+        """One folder under the server files root in the shape of CVAT's ``/api/server/share``:
+        ``{name, type: DIR|REG, mime_type}``, folders first; entries whose links lead outside the
+        root are left out."""
+        if self.server_files_root is None:
+            raise InvalidInput("directory: server files are disabled (SERVER_FILES_ROOT is not set)")
+        relative = directory.strip("/")
+        if PurePath(relative).is_absolute() or ".." in PurePath(relative).parts:
+            raise InvalidInput(f"directory: must be a folder under the server files root, got {directory!r}")
+        folder = (self.server_files_root / relative).resolve()
+        if not folder.is_relative_to(self.server_files_root) or not folder.is_dir():
+            raise NotFound(f"directory: no folder {directory!r} under the server files root")
+        entries = []
+        for entry in folder.iterdir():
+            resolved = entry.resolve()
+            if not resolved.is_relative_to(self.server_files_root) or not (resolved.is_dir() or resolved.is_file()):
+                continue
+            if resolved.is_dir():
+                entries.append({"name": entry.name, "type": "DIR", "mime_type": "DIR"})
+            else:
+                kind = "image" if entry.suffix.lower() in IMAGE_SUFFIXES else "unknown"
+                entries.append({"name": entry.name, "type": "REG", "mime_type": kind})
+        return sorted(entries, key=lambda entry: (entry["type"] != "DIR", entry["name"]))
 
     def _task_dir(self, task_id: int) -> Path:
         return self.data_dir / "tasks" / str(task_id)
@@ -797,6 +826,8 @@ def _checked_shape(item, where: str, context: _TaskContext, skeleton: int | None
              "occluded": _field(item, "occluded", False, _is_bool, "true or false", where),
              "outside": _field(item, "outside", False, _is_bool, "true or false", where),
              "z_order": _field(item, "z_order", 0, is_int, "an integer", where)}
+    if item.get("score") is not None:  # our extension: the detector's confidence
+        shape["score"] = _field(item, "score", None, is_number, "a number or null", where)
     if shape_type == "skeleton":
         elements = item.get("elements") or []
         if not isinstance(elements, list) or not elements:

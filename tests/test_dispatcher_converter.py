@@ -148,6 +148,18 @@ def test_invalid_explicit_mapping_names_the_offender(requested, message):
 
 # --- conversion of shapes and tags (4.5, 4.6) ---
 
+@pytest.mark.parametrize("confidence, score", [
+    ("0.87", 0.87), (0.5, 0.5), (1, 1.0), ("1e-3", 0.001),
+    (None, None), ("high", None), ("nan", None), ("inf", None), (True, None), ([0.5], None),
+])
+def test_confidence_becomes_a_numeric_score_or_nothing(confidence, score):
+    item = {"label": "thing", "type": "rectangle", "points": [1, 2, 3, 4]}
+    if confidence is not None:
+        item["confidence"] = confidence
+    [converted] = convert([item], one_label_mapping(TaskLabel(1, "thing")), FRAME, conv_mask_to_poly=False).shapes
+    assert converted.get("score") == score and ("score" in converted) == (score is not None)
+
+
 def test_shape_types_convert_with_rotation_only_for_rectangles_and_ellipses():
     mapping = one_label_mapping(TaskLabel(1, "thing"))
     cuboid = [float(v) for v in range(16)]
@@ -163,7 +175,7 @@ def test_shape_types_convert_with_rotation_only_for_rectangles_and_ellipses():
     result = convert(items, mapping, FRAME, conv_mask_to_poly=False)
     assert result.tags == [] and result.dropped == []
     assert result.shapes == [
-        shape(1, "rectangle", [1, 2, 3, 4]),
+        {**shape(1, "rectangle", [1, 2, 3, 4]), "score": 0.9},
         shape(1, "rectangle", [1, 2, 3, 4], rotation=30.5),
         shape(1, "ellipse", [10, 10, 14, 7], rotation=45),
         shape(1, "polygon", [0, 0, 4, 0, 4, 3]),
@@ -455,10 +467,10 @@ def test_face_function_output_against_task_labels_built_from_its_spec():
             "occluded": False, "outside": False, "z_order": 0, "group": None}
     assert result.tags == []
     assert result.shapes == [
-        {**base, "points": [180.1, 57.5, 269.2, 180.4],
+        {**base, "points": [180.1, 57.5, 269.2, 180.4], "score": 0.6065,
          "attributes": [{"spec_id": 70, "value": "22"}, {"spec_id": 71, "value": "female"},
                         {"spec_id": 72, "value": "happy"}]},
-        {**base, "points": [1, 2, 30, 40], "attributes": [{"spec_id": 72, "value": "sad"}]},
+        {**base, "points": [1, 2, 30, 40], "score": 0.51, "attributes": [{"spec_id": 72, "value": "sad"}]},
     ]
     assert result.dropped == [
         "item 1 ('face'): attribute 'age' value '151' dropped: not an integer in [0, 150] in steps of 1",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
 import threading
 import xml.etree.ElementTree as ET
@@ -272,6 +271,38 @@ def test_server_files_are_read_in_place_and_confined_to_the_root(store, server_r
     disabled.close()
 
 
+def test_server_folders_are_listed_as_cvat_share_does_and_confined_to_the_root(store, server_root, tmp_path):
+    (server_root / "set" / "deeper").mkdir()
+    (server_root / "notes.txt").write_text("not an image")
+    (tmp_path / "outside").mkdir()
+    (server_root / "escape").symlink_to(tmp_path / "outside")
+    (server_root / "inside").symlink_to(server_root / "set")
+    assert store.list_server_files("/") == [
+        {"name": "inside", "type": "DIR", "mime_type": "DIR"}, {"name": "set", "type": "DIR", "mime_type": "DIR"},
+        {"name": "b.png", "type": "REG", "mime_type": "image"}, {"name": "notes.txt", "type": "REG", "mime_type": "unknown"}]
+    assert store.list_server_files("set") == store.list_server_files("/set/") == [
+        {"name": "deeper", "type": "DIR", "mime_type": "DIR"}, {"name": "a.jpg", "type": "REG", "mime_type": "image"}]
+    for directory, error, message in [("../", InvalidInput, "must be a folder under the server files root"),
+                                      ("set/../..", InvalidInput, "must be a folder under the server files root"),
+                                      ("escape", NotFound, "no folder 'escape'"),
+                                      ("b.png", NotFound, "no folder 'b.png'"),
+                                      ("missing", NotFound, "no folder 'missing'")]:
+        with pytest.raises(error, match=message):
+            store.list_server_files(directory)
+    disabled = Store(None, tmp_path / "other", None)
+    with pytest.raises(InvalidInput, match="server files are disabled"):
+        disabled.list_server_files("/")
+    disabled.close()
+
+
+def test_tasks_count_their_annotations(store):
+    task = new_task(store)
+    assert task["annotations_count"] == 0
+    store.put_annotations(task["id"], annotations_for(task) | {"tracks": []})
+    assert store.get_task(task["id"])["annotations_count"] == 8
+    assert [t["annotations_count"] for t in store.list_tasks()] == [8]
+
+
 def test_frames_cannot_be_added_once_the_task_has_annotations(store):
     task = new_task(store, frames=COCO_IMAGES[:1])
     store.put_annotations(task["id"], {"shapes": [box(task, 0, [1, 2, 3, 4])]})
@@ -342,6 +373,18 @@ def test_annotations_round_trip_with_ids_and_cvat_defaults(store):
 
     store.delete_annotations(task["id"])
     assert store.get_annotations(task["id"]) == {"version": 0, "tags": [], "shapes": [], "tracks": []}
+
+
+def test_a_shapes_score_is_kept_when_given_and_checked(store):
+    task = new_task(store, frames=COCO_IMAGES[:1])
+    stored = store.put_annotations(task["id"], {"shapes": [box(task, 0, [1, 2, 3, 4], score=0.75),
+                                                          box(task, 0, [1, 2, 3, 4], score=None),
+                                                          box(task, 0, [1, 2, 3, 4])]})
+    assert [shape.get("score", "absent") for shape in stored["shapes"]] == [0.75, "absent", "absent"]
+    assert store.get_annotations(task["id"]) == stored
+    with pytest.raises(InvalidInput, match=r"shapes\[0\]\.score: must be a number or null, got 'high'"):
+        store.put_annotations(task["id"], {"shapes": [box(task, 0, [1, 2, 3, 4], score="high")]})
+    assert store.get_annotations(task["id"]) == stored
 
 
 def test_bad_annotations_are_refused_naming_the_item(store):
