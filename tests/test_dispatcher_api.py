@@ -4,14 +4,12 @@ local platform serving the real YOLO v3 (tiny IR) and face functions and test pr
 read back by pycocotools and datumaro."""
 
 import base64
-import contextlib
 import json
 import os
 import runpy
 import signal
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -22,17 +20,15 @@ import redis
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from dispatcher.folder import child_pids, stop_process
+from dispatcher.folder import child_pids
 
-from conftest import (FACE_FUNCTION, PROBE, REPO, TESTDATA, copy_function, free_port, postgres_database,
-                      serve_platform, wait_until)
+from conftest import (FACE_FUNCTION, PROBE, REPO, TESTDATA, Stack, copy_function, postgres_database, serve_platform,
+                      wait_until)
 
 YOLO = "openvino-omz-public-yolo-v3-tf"
 FACE = "openvino-omz-intel-face-detection-0205"
 COCO_DIR = TESTDATA / "coco128-val2017"
 COCO_IMAGES = sorted((COCO_DIR / "images").glob("*.jpg"))
-TOKEN = "test-token-" + uuid.uuid4().hex
-FINAL = ("finished", "failed", "canceled")
 coco_category_ids = runpy.run_path(str(REPO / "scripts/eval_coco.py"))["coco_category_ids"]
 
 
@@ -58,65 +54,6 @@ def platform(tmp_path_factory, face_models):
                                            "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "no weights here"}]})
     with serve_platform(tree) as running:
         yield running
-
-
-class Stack:
-    """The API and chunk workers as processes, and an authenticated client to the API."""
-
-    def __init__(self, platform, data_dir: Path, redis_db: int, database_url: str | None):
-        self.platform = platform
-        self.redis_url = f"redis://127.0.0.1:6379/{redis_db}"
-        redis.Redis.from_url(self.redis_url).flushdb()  # a database of this module's own
-        self.env = {**os.environ, "NUCLIO_URL": platform.url, "REDIS_URL": self.redis_url, "DATA_DIR": str(data_dir),
-                    "API_TOKEN": TOKEN, "CHUNK_SIZE": "16", "RETRY_BACKOFF": "0.3", "FRAME_RETRIES": "3"}
-        if database_url:
-            self.env["DATABASE_URL"] = database_url
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.api = self._start("serve", "--port", str(port))
-        self.workers = [self._start("worker") for _ in range(2)]
-        self.http = httpx.Client(base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
-        wait_until(lambda: self._answers(), 60, "the API to answer")
-
-    def _start(self, *args) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "dispatcher", *args], cwd=REPO, env=self.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def _answers(self) -> bool:
-        with contextlib.suppress(httpx.TransportError):
-            return httpx.get(f"{self.url}/health").status_code == 200
-        return False
-
-    def replace_worker(self, index: int) -> None:
-        self.workers[index] = self._start("worker")
-
-    def close(self) -> None:
-        self.http.close()
-        for process in [self.api, *self.workers]:
-            stop_process(process, grace=20)
-
-    # helpers
-
-    def ok(self, method: str, path: str, status: int = 200, **kwargs):
-        reply = self.http.request(method, path, **kwargs)
-        assert reply.status_code == status, f"{method} {path}: {reply.status_code} {reply.text}"
-        return reply.json() if reply.content and reply.headers["content-type"] == "application/json" else reply
-
-    def error(self, method: str, path: str, status: int, **kwargs) -> str:
-        reply = self.http.request(method, path, **kwargs)
-        assert reply.status_code == status, f"{method} {path}: {reply.status_code} {reply.text}"
-        assert reply.headers["content-type"] == "application/json"
-        return reply.json()["detail"]
-
-    def task(self, labels: list[dict], images: list[Path], segment_size: int | None = None) -> dict:
-        task = self.ok("POST", "/api/tasks", 201, json={"name": "t", "labels": labels, "segment_size": segment_size})
-        self.ok("POST", f"/api/tasks/{task['id']}/data", files=[
-            (f"client_files[{index}]", (path.name, path.read_bytes())) for index, path in enumerate(images)])
-        return self.ok("GET", f"/api/tasks/{task['id']}")
-
-    def wait(self, request_id: str, timeout: float = 120) -> dict:
-        return wait_until(lambda: (lambda r: r if r["status"] in FINAL else None)(
-            self.ok("GET", f"/api/lambda/requests/{request_id}")), timeout, f"request {request_id} to end", 0.2)
 
 
 @pytest.fixture(scope="module")
