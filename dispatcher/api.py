@@ -16,13 +16,15 @@ import json
 import secrets
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated, Any
 
 import redis
 import rq
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.datastructures import UploadFile
@@ -38,6 +40,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import InvalidInput, NotFound, Store
 
 OFFLINE_KINDS = ("detector",)  # what a task-wide request can run (defect 13)
+UI_DIR = Path(__file__).with_name("ui")
 
 
 class BadRequest(Exception):
@@ -120,6 +123,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     _install_error_handlers(app)
     secured = [Depends(authorised)]
+
+    # The web UI: static files that call this API like any other client, so they need no token
+    # themselves; the pages ask for it when the API answers 401.
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/ui/")
 
     @app.get("/health", tags=["service"])
     def health() -> dict:
@@ -223,6 +234,11 @@ def create_app(settings: Settings) -> FastAPI:
         with Image.open(io.BytesIO(data)) as image:
             media_type = Image.MIME.get(image.format or "", "application/octet-stream")
         return Response(data, media_type=media_type)
+
+    @app.get("/api/server/share", tags=["tasks"], dependencies=secured)
+    def list_server_files(directory: str = "/") -> list[dict]:
+        """A folder under SERVER_FILES_ROOT, as CVAT's ``/api/server/share`` lists it."""
+        return services.store.list_server_files(directory)
 
     @app.get("/api/tasks/{task_id}/data/meta", tags=["tasks"], dependencies=secured)
     def get_frames_meta(task_id: int) -> dict:

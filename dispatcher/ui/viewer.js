@@ -1,0 +1,376 @@
+// The viewer: one frame of a task with its annotations drawn, keyboard stepping, and CVAT's AI
+// tools on it: interactors (left click positive, right click negative, a box first where the
+// function starts with one) and "Detect" with a detector on this frame only.
+import {api, guarded, showError} from "./api.js";
+import {field, h, labelColour} from "./dom.js";
+import {decodeMask, encodeMask} from "./masks.js";
+
+export async function viewerPage(view, taskId, frameNumber) {
+  const [task, meta, functions] = await Promise.all([
+    api("GET", `/api/tasks/${taskId}`), api("GET", `/api/tasks/${taskId}/data/meta`), api("GET", "/api/lambda/functions")]);
+  if (!meta.size) {
+    view.replaceChildren(h("p", {}, h("a", {href: `#/tasks/${taskId}`}, `← Task ${taskId}`)),
+      h("h1", {}, task.name), h("p", {}, "This task has no frames yet."));
+    return;
+  }
+  if (frameNumber >= meta.size) {
+    location.hash = `#/tasks/${taskId}/frames/${meta.size - 1}`;
+    return;
+  }
+  const labels = flatLabels(task.labels);
+  const frameInfo = meta.frames[frameNumber];
+  const canvas = h("canvas", {width: frameInfo.width, height: frameInfo.height, tabindex: "0",
+    "aria-label": `Frame ${frameNumber} (${frameInfo.name}) with its annotations; left click adds a positive point, right click a negative one`});
+  const objects = h("ul", {class: "objects", "aria-label": "Objects on this frame"});
+  const status = h("p", {class: "ai-status", role: "status"});
+  const image = await loadFrame(taskId, frameNumber);
+  let shapes = [];
+  let tags = [];
+  const interaction = {fn: null, label: null, pos: [], neg: [], box: null, drag: null, mask: null, busy: false, dirty: false};
+
+  async function loadAnnotations() {
+    const data = await api("GET", `/api/tasks/${taskId}/annotations`);
+    shapes = data.shapes.filter((shape) => shape.frame === frameNumber);
+    tags = data.tags.filter((tag) => tag.frame === frameNumber);
+    listObjects();
+    draw();
+  }
+
+  function listObjects() {
+    const items = [...tags.map((tag) => objectItem(tag, "tag")), ...shapes.map((shape) => objectItem(shape, shape.type))];
+    objects.replaceChildren(...(items.length ? items : [h("li", {class: "muted"}, "No annotations on this frame.")]));
+  }
+
+  function objectItem(item, type) {
+    const label = labels.get(item.label_id);
+    const kind = type === "tag" ? "tags" : "shapes";
+    return h("li", {dataset: {type, label: label ? label.name : ""}},
+      h("span", {class: "swatch", style: `background:${labelColour(item.label_id)}`}),
+      `${type} ${label ? label.name : item.label_id}`,
+      item.score !== undefined ? ` · ${item.score.toFixed(2)}` : "",
+      describeAttributes(item, label) ? ` · ${describeAttributes(item, label)}` : "",
+      item.source ? h("span", {class: "muted"}, ` (${item.source})`) : "", " ",
+      h("button", {type: "button", class: "quiet", "aria-label": `Delete ${type} ${label ? label.name : ""} ${item.id}`,
+        onclick: (event) => guarded(async () => {
+          await api("PATCH", `/api/tasks/${taskId}/annotations?action=delete`, {json: {[kind]: [{id: item.id}]}});
+          await loadAnnotations();
+        }, event.currentTarget)}, "Delete"));
+  }
+
+  function draw() {
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    const width = Math.max(2, Math.round(Math.max(canvas.width, canvas.height) / 400));
+    for (const shape of shapes) drawShape(context, shape, labels.get(shape.label_id), width);
+    drawInteraction(context, interaction, width);
+  }
+
+  // Interactors
+  const interactors = functions.filter((fn) => fn.kind === "interactor");
+  const interactorSelect = h("select", {name: "interactor"}, h("option", {value: ""}, interactors.length ? "Choose an interactor…" : "No interactors are deployed"),
+    interactors.map((fn) => h("option", {value: fn.id, disabled: fn.state !== "ready"}, fn.state === "ready" ? fn.name : `${fn.name} (${fn.state})`)));
+  const labelSelect = h("select", {name: "label"}, [...labels.values()].filter((l) => l.parent_id === null && l.type !== "skeleton" && l.type !== "tag")
+    .map((label) => h("option", {value: String(label.id)}, label.name)));
+  const help = h("p", {class: "muted"});
+  const saveButton = h("button", {type: "button", disabled: true}, "Save as annotation");
+  const resetButton = h("button", {type: "button", class: "quiet"}, "Reset");
+
+  function resetInteraction() {
+    Object.assign(interaction, {pos: [], neg: [], box: null, drag: null, mask: null, dirty: false});
+    saveButton.disabled = true;
+    status.textContent = interaction.fn ? instructions(interaction.fn) : "";
+    draw();
+  }
+
+  interactorSelect.addEventListener("change", () => {
+    interaction.fn = interactors.find((fn) => fn.id === interactorSelect.value) || null;
+    help.textContent = interaction.fn ? (interaction.fn.help_message || "") : "";
+    resetInteraction();
+  });
+  resetButton.addEventListener("click", resetInteraction);
+
+  function ready() {
+    const fn = interaction.fn;
+    if (boxRequired(fn) && !interaction.box) return false;
+    return Boolean(interaction.box) || interaction.pos.length >= Math.max(1, fn.min_pos_points);
+  }
+
+  async function interact() {
+    if (!ready()) { status.textContent = instructions(interaction.fn); draw(); return; }
+    if (interaction.busy) { interaction.dirty = true; return; }
+    interaction.busy = true;
+    status.textContent = `Running ${interaction.fn.name}…`;
+    const box = interaction.box;
+    try {
+      const reply = await api("POST", `/api/lambda/functions/${interaction.fn.id}`, {json: {
+        task: taskId, frame: frameNumber, pos_points: interaction.pos, neg_points: interaction.neg,
+        obj_bbox: box ? [[box[0], box[1]], [box[2], box[3]]] : []}});
+      if (!Array.isArray(reply.mask)) throw new Error(`${interaction.fn.name} replied without a mask`);
+      interaction.mask = encodeMask(reply.mask);
+      const area = interaction.mask ? decodeMask(interaction.mask).pixels.reduce((sum, v) => sum + v, 0) : 0;
+      status.textContent = `Mask of ${area} pixels from ${interaction.pos.length} positive and ${interaction.neg.length} negative point(s)`
+        + (box ? " and a box" : "") + (interaction.mask ? "." : ": empty, add points.");
+      saveButton.disabled = !interaction.mask;
+    } catch (error) {
+      status.textContent = "The interactor failed; see the message above.";
+      showError(error);
+    } finally {
+      interaction.busy = false;
+      draw();
+    }
+    if (interaction.dirty) { interaction.dirty = false; interact(); }
+  }
+
+  saveButton.addEventListener("click", () => guarded(async () => {
+    if (!labelSelect.value) throw new Error("Choose a label for the new annotation.");
+    await api("PATCH", `/api/tasks/${taskId}/annotations?action=create`, {json: {shapes: [{
+      type: "mask", frame: frameNumber, label_id: Number(labelSelect.value), points: interaction.mask, source: "semi-auto"}]}});
+    resetInteraction();
+    status.textContent = "Saved.";
+    await loadAnnotations();
+  }, saveButton));
+
+  const imagePoint = (event) => {
+    const rect = canvas.getBoundingClientRect();
+    return [Math.round((event.clientX - rect.left) * canvas.width / rect.width),
+      Math.round((event.clientY - rect.top) * canvas.height / rect.height)];
+  };
+  canvas.addEventListener("contextmenu", (event) => {
+    event.preventDefault();
+    if (!interaction.fn) return;
+    interaction.neg.push(imagePoint(event));
+    interact();
+  });
+  canvas.addEventListener("mousedown", (event) => {
+    if (event.button !== 0 || !interaction.fn) return;
+    interaction.drag = {start: imagePoint(event), end: imagePoint(event)};
+  });
+  canvas.addEventListener("mousemove", (event) => {
+    if (!interaction.drag) return;
+    interaction.drag.end = imagePoint(event);
+    draw();
+  });
+  canvas.addEventListener("mouseup", (event) => {
+    if (event.button !== 0 || !interaction.drag) return;
+    const {start} = interaction.drag;
+    const end = imagePoint(event);
+    interaction.drag = null;
+    const dragged = Math.abs(end[0] - start[0]) > 4 && Math.abs(end[1] - start[1]) > 4;
+    if (dragged && boxAllowed(interaction.fn) && !interaction.box) {
+      interaction.box = [Math.min(start[0], end[0]), Math.min(start[1], end[1]), Math.max(start[0], end[0]), Math.max(start[1], end[1])];
+    } else if (boxRequired(interaction.fn) && !interaction.box) {
+      status.textContent = "Draw a box first: press the mouse button, drag across the object, release.";
+      draw();
+      return;
+    } else {
+      interaction.pos.push(end);
+    }
+    interact();
+  });
+
+  // Detect: a detector on this frame only; its shapes are added to the task.
+  const detectors = functions.filter((fn) => fn.kind === "detector");
+  const detectorSelect = h("select", {name: "detector"}, h("option", {value: ""}, detectors.length ? "Choose a detector…" : "No detectors are deployed"),
+    detectors.map((fn) => h("option", {value: fn.id, disabled: fn.state !== "ready"}, fn.state === "ready" ? fn.name : `${fn.name} (${fn.state})`)));
+  const detectThreshold = h("input", {type: "number", min: "0", max: "1", step: "0.01", placeholder: "the model's default"});
+  const detectButton = h("button", {type: "button"}, "Detect");
+  const detectStatus = h("p", {role: "status", class: "detect-status"});
+  detectButton.addEventListener("click", () => guarded(async () => {
+    if (!detectorSelect.value) throw new Error("Choose a detector first.");
+    detectStatus.textContent = "Detecting…";
+    const body = {task: taskId, frame: frameNumber};
+    if (detectThreshold.value !== "") body.threshold = Number(detectThreshold.value);
+    try {
+      const found = await api("POST", `/api/lambda/functions/${detectorSelect.value}`, {json: body});
+      if (found.shapes.length || found.tags.length) {
+        await api("PATCH", `/api/tasks/${taskId}/annotations?action=create`, {json: {shapes: found.shapes, tags: found.tags}});
+      }
+      detectStatus.textContent = `Added ${found.shapes.length} shape(s) and ${found.tags.length} tag(s).`;
+    } catch (error) {
+      detectStatus.textContent = "Detection failed; see the message above.";
+      throw error;
+    }
+    await loadAnnotations();
+  }, detectButton));
+
+  // Keyboard: left/right step through frames, unless the user is typing in a field.
+  const go = (number) => { location.hash = `#/tasks/${taskId}/frames/${number}`; };
+  const onKey = (event) => {
+    if (event.target.closest("input, select, textarea") || event.altKey || event.ctrlKey || event.metaKey) return;
+    if (event.key === "ArrowRight" && frameNumber + 1 < meta.size) { event.preventDefault(); go(frameNumber + 1); }
+    if (event.key === "ArrowLeft" && frameNumber > 0) { event.preventDefault(); go(frameNumber - 1); }
+    if (event.key === "Escape" && interaction.fn) resetInteraction();
+  };
+  document.addEventListener("keydown", onKey);
+  const frameInput = h("input", {type: "number", min: "0", max: String(meta.size - 1), value: String(frameNumber)});
+  const frameForm = h("form", {class: "row", "aria-label": "Go to frame", onsubmit: (event) => { event.preventDefault(); go(Math.min(meta.size - 1, Math.max(0, Number(frameInput.value) || 0))); }},
+    h("button", {type: "button", class: "quiet", disabled: frameNumber === 0, onclick: () => go(frameNumber - 1), "aria-keyshortcuts": "ArrowLeft"}, "← Previous"),
+    field("Frame", frameInput), h("button", {type: "submit", class: "quiet"}, "Go"),
+    h("button", {type: "button", class: "quiet", disabled: frameNumber + 1 >= meta.size, onclick: () => go(frameNumber + 1), "aria-keyshortcuts": "ArrowRight"}, "Next →"));
+
+  view.replaceChildren(
+    h("p", {}, h("a", {href: `#/tasks/${taskId}`}, `← Task ${taskId}: ${task.name}`)),
+    h("h1", {}, `Frame ${frameNumber} of ${meta.size - 1}`, h("span", {class: "muted"}, ` · ${frameInfo.name} · ${frameInfo.width}×${frameInfo.height}`)),
+    frameForm,
+    h("div", {class: "viewer"},
+      h("div", {class: "stage"}, canvas),
+      h("aside", {},
+        h("section", {class: "card", "aria-labelledby": "objects-title"}, h("h2", {id: "objects-title"}, "Annotations"), objects),
+        h("section", {class: "card", "aria-labelledby": "ai-title"}, h("h2", {id: "ai-title"}, "Interactors"),
+          field("Interactor", interactorSelect), field("Label", labelSelect), help, status,
+          h("div", {class: "buttons"}, saveButton, resetButton)),
+        h("section", {class: "card", "aria-labelledby": "detect-title"}, h("h2", {id: "detect-title"}, "Detect on this frame"),
+          field("Detector", detectorSelect), field("Threshold", detectThreshold), h("div", {class: "buttons"}, detectButton), detectStatus))));
+  await loadAnnotations();
+  canvas.focus();
+  return () => document.removeEventListener("keydown", onKey);
+}
+
+// CVAT's flags: startswith_box asks for a box before any click; startswith_box_optional offers one.
+const boxRequired = (fn) => fn.startswith_box && !fn.startswith_box_optional;
+const boxAllowed = (fn) => fn.startswith_box || fn.startswith_box_optional;
+
+function instructions(fn) {
+  const parts = [];
+  if (boxAllowed(fn)) parts.push(boxRequired(fn) ? "Drag a box around the object first." : "Optionally drag a box around the object first.");
+  parts.push(`Left click: positive point (at least ${Math.max(1, fn.min_pos_points)}). Right click: negative point.`);
+  return parts.join(" ");
+}
+
+async function loadFrame(taskId, frameNumber) {
+  const blob = await api("GET", `/api/tasks/${taskId}/data?type=frame&number=${frameNumber}&quality=original`, {blob: true});
+  return createImageBitmap(blob);
+}
+
+function flatLabels(taskLabels) {
+  const all = new Map();
+  const add = (label) => { all.set(label.id, label); (label.sublabels || []).forEach(add); };
+  taskLabels.forEach(add);
+  return all;
+}
+
+function describeAttributes(item, label) {
+  if (!label || !item.attributes || !item.attributes.length) return "";
+  const names = new Map((label.attributes || []).map((a) => [a.id, a.name]));
+  return item.attributes.map((a) => `${names.get(a.spec_id) || a.spec_id}=${a.value}`).join(", ");
+}
+
+function drawShape(context, shape, label, width) {
+  const colour = labelColour(shape.label_id);
+  const p = shape.points;
+  context.save();
+  context.strokeStyle = colour;
+  context.fillStyle = colour;
+  context.lineWidth = width;
+  let anchor = [p[0], p[1]];
+  if (shape.type === "rectangle") {
+    const [x1, y1, x2, y2] = p;
+    context.translate((x1 + x2) / 2, (y1 + y2) / 2);
+    context.rotate(((shape.rotation || 0) * Math.PI) / 180);
+    context.strokeRect(-(x2 - x1) / 2, -(y2 - y1) / 2, x2 - x1, y2 - y1);
+    context.setTransform(1, 0, 0, 1, 0, 0);
+    anchor = [Math.min(x1, x2), Math.min(y1, y2)];
+  } else if (shape.type === "polygon" || shape.type === "polyline") {
+    context.beginPath();
+    for (let i = 0; i < p.length; i += 2) context[i ? "lineTo" : "moveTo"](p[i], p[i + 1]);
+    if (shape.type === "polygon") {
+      context.closePath();
+      context.globalAlpha = 0.25;
+      context.fill();
+      context.globalAlpha = 1;
+    }
+    context.stroke();
+    anchor = topLeft(p);
+  } else if (shape.type === "ellipse") {
+    const [cx, cy, rx, ry] = p;
+    context.beginPath();
+    context.ellipse(cx, cy, Math.abs(rx - cx), Math.abs(cy - ry), ((shape.rotation || 0) * Math.PI) / 180, 0, 2 * Math.PI);
+    context.stroke();
+    anchor = [cx - Math.abs(rx - cx), cy - Math.abs(cy - ry)];
+  } else if (shape.type === "mask") {
+    const mask = decodeMask(p);
+    context.globalAlpha = 0.45;
+    context.drawImage(maskBitmap(mask, colour), mask.left, mask.top);
+    context.globalAlpha = 1;
+    anchor = [mask.left, mask.top];
+  } else if (shape.type === "skeleton") {
+    for (const element of shape.elements || []) {
+      if (!element.outside) dot(context, element.points[0], element.points[1], width * 2);
+    }
+    anchor = topLeft((shape.elements || []).flatMap((element) => element.points));
+  } else {
+    for (let i = 0; i < p.length; i += 2) dot(context, p[i], p[i + 1], width * 2);
+    anchor = topLeft(p);
+  }
+  const text = (label ? label.name : String(shape.label_id)) + (shape.score !== undefined ? ` ${shape.score.toFixed(2)}` : "");
+  const attributes = describeAttributes(shape, label);
+  caption(context, attributes ? `${text} · ${attributes}` : text, anchor, colour, width);
+  context.restore();
+}
+
+function topLeft(points) {
+  let x = Infinity, y = Infinity;
+  for (let i = 0; i < points.length; i += 2) { x = Math.min(x, points[i]); y = Math.min(y, points[i + 1]); }
+  return [x, y];
+}
+
+function dot(context, x, y, radius) {
+  context.beginPath();
+  context.arc(x, y, radius, 0, 2 * Math.PI);
+  context.fill();
+}
+
+function caption(context, text, [x, y], colour, width) {
+  const size = Math.max(12, width * 6);
+  context.font = `${size}px system-ui, sans-serif`;
+  const textWidth = context.measureText(text).width;
+  const top = Math.max(0, y - size - 4);
+  context.fillStyle = colour;
+  context.fillRect(x, top, textWidth + 8, size + 4);
+  context.fillStyle = "#000";
+  context.fillText(text, x + 4, top + size - 1);
+}
+
+function maskBitmap({width, height, pixels}, colour) {
+  const canvas = new OffscreenCanvas(width, height);
+  const context = canvas.getContext("2d");
+  context.fillStyle = colour;
+  context.fillRect(0, 0, 1, 1);
+  const [r, g, b] = context.getImageData(0, 0, 1, 1).data;
+  const data = new ImageData(width, height);
+  pixels.forEach((on, index) => {
+    if (!on) return;
+    data.data.set([r, g, b, 255], index * 4);
+  });
+  context.putImageData(data, 0, 0);
+  return canvas;
+}
+
+function drawInteraction(context, interaction, width) {
+  if (interaction.mask) {
+    const mask = decodeMask(interaction.mask);
+    context.globalAlpha = 0.5;
+    context.drawImage(maskBitmap(mask, "#00e5ff"), mask.left, mask.top);
+    context.globalAlpha = 1;
+  }
+  const box = interaction.box || (interaction.drag && [...interaction.drag.start, ...interaction.drag.end]);
+  if (box) {
+    context.save();
+    context.setLineDash([width * 4, width * 3]);
+    context.strokeStyle = "#00e5ff";
+    context.lineWidth = width;
+    context.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
+    context.restore();
+  }
+  for (const [points, colour] of [[interaction.pos, "#22c55e"], [interaction.neg, "#ef4444"]]) {
+    for (const [x, y] of points) {
+      context.fillStyle = colour;
+      context.strokeStyle = "#fff";
+      context.lineWidth = Math.max(1, width / 2);
+      context.beginPath();
+      context.arc(x, y, width * 3, 0, 2 * Math.PI);
+      context.fill();
+      context.stroke();
+    }
+  }
+}
