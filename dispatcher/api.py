@@ -245,8 +245,9 @@ def create_app(settings: Settings) -> FastAPI:
         return services.store.frames_meta(task_id)
 
     @app.get("/api/tasks/{task_id}/annotations", tags=["annotations"], dependencies=secured)
-    def get_annotations(task_id: int) -> dict:
-        return services.store.get_annotations(task_id)
+    def get_annotations(task_id: int, frame: Annotated[int | None, Query(
+            ge=0, description="ours: only this frame's annotations (CVAT has no such filter)")] = None) -> dict:
+        return services.store.get_annotations(task_id, frame=frame)
 
     @app.put("/api/tasks/{task_id}/annotations", tags=["annotations"], dependencies=secured)
     def put_annotations(task_id: int, body: Annotated[dict[str, Any], Body()]) -> dict:

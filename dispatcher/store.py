@@ -392,11 +392,14 @@ class Store:
 
     # Annotations
 
-    def get_annotations(self, task_id: int, job_id: int | None = None) -> dict:
+    def get_annotations(self, task_id: int, job_id: int | None = None, frame: int | None = None) -> dict:
+        """The task's (or job's) annotations; ``frame``: only those on that frame (a track: where it starts)."""
         with self._engine.begin() as connection:
             _task_row(connection, task_id)
             query = select(annotations.c.id, annotations.c.kind, annotations.c.content).where(
                 annotations.c.task_id == task_id)
+            if frame is not None:
+                query = query.where(annotations.c.frame == frame)
             if job_id is not None:
                 job = connection.execute(select(jobs).where(jobs.c.id == job_id, jobs.c.task_id == task_id)).first()
                 if job is None:

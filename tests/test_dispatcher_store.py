@@ -359,6 +359,10 @@ def test_annotations_round_trip_with_ids_and_cvat_defaults(store):
     assert {s["frame"] for s in in_job["shapes"]} == {2, 3} and in_job["tags"] == in_job["tracks"] == []
     with pytest.raises(NotFound):
         store.get_annotations(task["id"], 999999)
+    on_frame_3 = store.get_annotations(task["id"], frame=3)
+    assert on_frame_3["shapes"] == [s for s in stored["shapes"] if s["frame"] == 3] and len(on_frame_3["shapes"]) == 3
+    assert on_frame_3["tags"] == on_frame_3["tracks"] == []
+    assert store.get_annotations(task["id"], frame=1)["tracks"] == stored["tracks"]  # a track: where it starts
 
     created = store.patch_annotations(task["id"], {"shapes": [box(task, 2, [0, 0, 5, 5])]}, "create")
     (new_box,) = created["shapes"]

@@ -29,9 +29,9 @@ export async function viewerPage(view, taskId, frameNumber) {
   const interaction = {fn: null, label: null, pos: [], neg: [], box: null, drag: null, mask: null, busy: false, dirty: false};
 
   async function loadAnnotations() {
-    const data = await api("GET", `/api/tasks/${taskId}/annotations`);
-    shapes = data.shapes.filter((shape) => shape.frame === frameNumber);
-    tags = data.tags.filter((tag) => tag.frame === frameNumber);
+    const data = await api("GET", `/api/tasks/${taskId}/annotations?frame=${frameNumber}`);
+    shapes = data.shapes;
+    tags = data.tags;
     listObjects();
     draw();
   }
@@ -69,8 +69,10 @@ export async function viewerPage(view, taskId, frameNumber) {
   const interactors = functions.filter((fn) => fn.kind === "interactor");
   const interactorSelect = h("select", {name: "interactor"}, h("option", {value: ""}, interactors.length ? "Choose an interactor…" : "No interactors are deployed"),
     interactors.map((fn) => h("option", {value: fn.id, disabled: fn.state !== "ready"}, fn.state === "ready" ? fn.name : `${fn.name} (${fn.state})`)));
-  const labelSelect = h("select", {name: "label"}, [...labels.values()].filter((l) => l.parent_id === null && l.type !== "skeleton" && l.type !== "tag")
+  // Interactors return masks: labels that may hold one.
+  const labelSelect = h("select", {name: "label"}, [...labels.values()].filter((l) => l.parent_id === null && ["any", "mask"].includes(l.type))
     .map((label) => h("option", {value: String(label.id)}, label.name)));
+  if (!labelSelect.options.length) labelSelect.append(h("option", {value: ""}, "No label of type any or mask"));
   const help = h("p", {class: "muted"});
   const saveButton = h("button", {type: "button", disabled: true}, "Save as annotation");
   const resetButton = h("button", {type: "button", class: "quiet"}, "Reset");
