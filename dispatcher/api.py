@@ -413,7 +413,7 @@ def _start_request(services: Services, function_id: str, body: OfflineRequest | 
     settings = services.settings
     # A chunk's worst case: every frame waits the full timeout on every attempt.
     job_timeout = int(settings.chunk_size * settings.nuclio_timeout * (settings.frame_retries + 1)) + 60
-    rid = planner.submit(services.book, services.queue, Target(task, job), function.id, parameters,
+    rid = planner.submit(services.book, services.queue, services.store, Target(task, job), function.id, parameters,
                          target_frames(services.store, task, job), settings.chunk_size, job_timeout)
     return _request_object(services.book.get(rid))
 

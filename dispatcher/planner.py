@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import redis
 import rq
 
+from dispatcher.store import Store
+
 PREFIX = "dispatcher"
 QUEUE = "annotation"  # CVAT's queue name for auto-annotation
 CHUNK_FUNCTION = "dispatcher.chunks.annotate_chunk"
@@ -321,10 +323,13 @@ class CallSlots:
                     pipe.execute()
 
 
-def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str, parameters: dict,
+def submit(book: RequestBook, queue: rq.Queue, store: Store, target: Target, function_id: str, parameters: dict,
            frames: list[int], chunk_size: int, job_timeout: int) -> str:
     """Record a request and enqueue one RQ job per chunk of its frames; raises Conflict (409)."""
     rid = book.create(target, function_id, parameters, frames)
+    # CVAT's ids repeat per target: the previous run's shapes become the task's own (not replaced
+    # by this run's writes) and its cleanup claim goes, before any chunk of this run writes.
+    store.forget_request(rid)
     chunks = plan_chunks(frames, chunk_size)
     # RQ job ids allow letters, digits, '-' and '_' only, so chunks get ids of their own.
     job_ids = [f"autoannotate-{target.kind}-{target.id}-{uuid.uuid4().hex[:12]}-{index}" for index in range(len(chunks))]

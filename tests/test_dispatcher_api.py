@@ -306,6 +306,29 @@ def test_cancel_stops_the_run_and_keeps_what_was_written(stack):
     assert "nope" in stack.error("DELETE", "/api/lambda/requests/nope", 404)
 
 
+def test_each_run_on_a_target_adds_or_cleans_like_a_new_request(stack):
+    """CVAT's request ids repeat per target; a finished run's shapes become the task's own, so a
+    rerun without cleanup adds to them (as in CVAT) and every run with cleanup cleans again."""
+    task = stack.task(THING, COCO_IMAGES[:4])
+    label = task["labels"][0]["id"]
+
+    def run(**options) -> list[dict]:
+        rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"], **options})["id"]
+        assert stack.wait(rid)["status"] == "finished"
+        return stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
+
+    def add_manual_box() -> None:
+        stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"},
+                 json={"shapes": [{"frame": 0, "label_id": label, "type": "rectangle", "points": [9, 9, 20, 20]}]})
+
+    assert len(run()) == 4
+    add_manual_box()
+    assert len(run()) == 4 + 1 + 4  # the first run's shapes stay: nothing stored is lost
+    assert len(run(cleanup=True)) == 4
+    add_manual_box()
+    assert len(run(cleanup=True)) == 4  # cleanup cleans on every run, not only on the first with this id
+
+
 def test_a_worker_killed_mid_chunk_costs_nothing(stack):
     task = stack.task(THING, COCO_IMAGES[:64])
     rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]

@@ -189,7 +189,7 @@ def test_chunks_run_on_real_rq_worker_processes(platform, tmp_path):
         task = new_task(store)
         book = RequestBook(client, 1800, 10800)
         frames = list(range(task["size"]))
-        rid = submit(book, rq.Queue(QUEUE, connection=client), Target(task["id"]), YOLO, {"threshold": 0.3},
+        rid = submit(book, rq.Queue(QUEUE, connection=client), store, Target(task["id"]), YOLO, {"threshold": 0.3},
                      frames, chunk_size=2, job_timeout=300)
         assert len(book.chunk_jobs(rid)) == 3 and book.get(rid)["status"] == "queued"
 
