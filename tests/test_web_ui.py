@@ -39,6 +39,11 @@ def platform(tmp_path_factory):
                                            "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0.25"}],
                                            "spec.eventTimeout": "30s",
                                            "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
+    copy_function(PROBE, tree / "masks", **{"metadata.name": "probe-masks", "metadata.annotations.name": "Mask probe",
+                                            "metadata.annotations.spec": '[{"id": 0, "name": "thing", "type": "mask"}]',
+                                            "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0"},
+                                                         {"name": "PROBE_DETECT_MASK", "value": "1"}],
+                                            "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
     copy_function(PROBE, tree / "down", **{"metadata.name": "probe-down", "metadata.annotations.name": "Broken probe",
                                            "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "no weights here"}]})
     with serve_platform(tree) as running:
@@ -372,3 +377,85 @@ def test_pages_are_served_without_the_token_and_the_api_is_not(stack):
     assert "must be a folder under the server files root" in stack.error(
         "GET", "/api/server/share", 400, params={"directory": "../"})
     assert "no folder 'nowhere'" in stack.error("GET", "/api/server/share", 404, params={"directory": "nowhere"})
+
+
+def run_dialog(page: Page, stack: Stack, task: dict, function_id: str, *, polygons: bool = False,
+               cleanup: bool = False) -> None:
+    page.goto(f"{page.url.split('#')[0]}#/tasks/{task['id']}")
+    page.get_by_role("button", name="Automatic annotation", exact=True).click()
+    dialog = page.get_by_role("dialog", name="Automatic annotation")
+    dialog.get_by_label("Model").select_option(function_id)
+    dialog.get_by_label("Return masks as polygons").set_checked(polygons)
+    dialog.get_by_label("Clean old annotations").set_checked(cleanup)
+    dialog.get_by_role("button", name="Annotate").click()
+    expect(dialog).to_be_hidden()  # the request exists once the dialog closes
+    request = next(r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] == task["id"])
+    # One request id per target (CVAT's): a rerun's record replaces the record of the run before it.
+    assert stack.wait(request["id"])["status"] == "finished"
+    expect(page.locator("article.request[data-status=finished]")).to_contain_text("Finished: 2 frames annotated.")
+
+
+def test_masks_polygons_and_cleanup_options(page, stack):
+    """The dialog's two switches reach the request: masks stored as masks or as traced polygons, and
+    "Clean old annotations" removing what was there before (a manual box, earlier runs); without
+    it a run adds to what is there."""
+    task = stack.task([{"name": "thing", "type": "any"}], [CAT, CAT])
+    manual = {"frame": 0, "label_id": task["labels"][0]["id"], "type": "rectangle", "points": [50, 50, 90, 90]}
+    stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"}, json={"shapes": [manual]})
+    sign_in(page, stack, f"#/tasks/{task['id']}")
+
+    def stored():
+        return sorted((s["type"], s["source"]) for s in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
+
+    run_dialog(page, stack, task, "probe-masks")
+    assert stored() == [("mask", "auto"), ("mask", "auto"), ("rectangle", "manual")]
+    masks = [s for s in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"] if s["type"] == "mask"]
+    assert [s["points"] for s in masks] == [[0, 200, 5, 5, 24, 14]] * 2
+
+    run_dialog(page, stack, task, "probe-masks", polygons=True)
+    assert stored() == [("mask", "auto")] * 2 + [("polygon", "auto")] * 2 + [("rectangle", "manual")]
+    polygon = next(s for s in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"] if s["type"] == "polygon")
+    xs, ys = polygon["points"][0::2], polygon["points"][1::2]
+    assert (min(xs), min(ys), max(xs), max(ys)) == (5, 5, 24, 14)  # the mask's outline
+
+    run_dialog(page, stack, task, "probe-masks", cleanup=True)
+    assert stored() == [("mask", "auto"), ("mask", "auto")]
+    expect(page.locator("p.task-numbers")).to_contain_text("2 annotations")
+
+    # The viewer draws the mask in its label's colour, where the mask is and nowhere else.
+    page.goto(f"{stack.url}/ui/#/tasks/{task['id']}/frames/0")
+    expect(page.get_by_role("list", name="Objects on this frame")).to_contain_text("mask thing · 1.00")
+    inside, outside = page.evaluate("""async () => {
+        const {labelColour} = await import('/ui/dom.js');
+        const canvas = document.querySelector('canvas');
+        const plain = new OffscreenCanvas(canvas.width, canvas.height).getContext('2d');
+        const frame = await (await fetch('/api/tasks/' + location.hash.split('/')[2] + '/data?type=frame&number=0',
+            {headers: {Authorization: 'Bearer ' + sessionStorage.getItem('api-token')}})).blob();
+        plain.drawImage(await createImageBitmap(frame), 0, 0);
+        const drawn = canvas.getContext('2d');
+        const differs = (x, y) => {
+            const a = drawn.getImageData(x, y, 1, 1).data, b = plain.getImageData(x, y, 1, 1).data;
+            return Math.max(...[0, 1, 2].map((i) => Math.abs(a[i] - b[i])));
+        };
+        return [differs(15, 12), differs(40, 40)];
+    }""")
+    assert inside > 20 and outside == 0, (inside, outside)
+    shoot(page, "viewer-mask")
+
+
+def test_delete_task_from_the_list(page, stack):
+    idle = stack.task([{"name": "thing"}], [CAT])
+    busy = stack.task([{"name": "thing"}], [CAT] * 40)
+    running = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": busy["id"]})
+    sign_in(page, stack)
+    page.on("dialog", lambda confirm: confirm.accept())  # "Delete task ...?"
+
+    page.locator(f"tr[data-task='{busy['id']}']").get_by_role("button", name="Delete").click()
+    expect(page.locator("#errors")).to_contain_text(f"task {busy['id']} has a running request")
+    expect(page.locator(f"tr[data-task='{busy['id']}']")).to_be_visible()
+
+    page.locator(f"tr[data-task='{idle['id']}']").get_by_role("button", name="Delete").click()
+    expect(page.locator(f"tr[data-task='{idle['id']}']")).to_have_count(0)
+    assert "does not exist" in stack.error("GET", f"/api/tasks/{idle['id']}", 404)
+    stack.ok("DELETE", f"/api/lambda/requests/{running['id']}", 204)
+    stack.wait(running["id"])

@@ -264,14 +264,13 @@ function drawShape(context, shape, label, width) {
   context.strokeStyle = colour;
   context.fillStyle = colour;
   context.lineWidth = width;
-  let anchor = [p[0], p[1]];
+  let bounds = box(p); // where the caption goes: above the shape, or below it at the image's top
   if (shape.type === "rectangle") {
     const [x1, y1, x2, y2] = p;
     context.translate((x1 + x2) / 2, (y1 + y2) / 2);
     context.rotate(((shape.rotation || 0) * Math.PI) / 180);
     context.strokeRect(-(x2 - x1) / 2, -(y2 - y1) / 2, x2 - x1, y2 - y1);
     context.setTransform(1, 0, 0, 1, 0, 0);
-    anchor = [Math.min(x1, x2), Math.min(y1, y2)];
   } else if (shape.type === "polygon" || shape.type === "polyline") {
     context.beginPath();
     for (let i = 0; i < p.length; i += 2) context[i ? "lineTo" : "moveTo"](p[i], p[i + 1]);
@@ -282,38 +281,39 @@ function drawShape(context, shape, label, width) {
       context.globalAlpha = 1;
     }
     context.stroke();
-    anchor = topLeft(p);
   } else if (shape.type === "ellipse") {
     const [cx, cy, rx, ry] = p;
     context.beginPath();
     context.ellipse(cx, cy, Math.abs(rx - cx), Math.abs(cy - ry), ((shape.rotation || 0) * Math.PI) / 180, 0, 2 * Math.PI);
     context.stroke();
-    anchor = [cx - Math.abs(rx - cx), cy - Math.abs(cy - ry)];
+    bounds = [cx - Math.abs(rx - cx), cy - Math.abs(cy - ry), cx + Math.abs(rx - cx), cy + Math.abs(cy - ry)];
   } else if (shape.type === "mask") {
     const mask = decodeMask(p);
     context.globalAlpha = 0.45;
     context.drawImage(maskBitmap(mask, colour), mask.left, mask.top);
     context.globalAlpha = 1;
-    anchor = [mask.left, mask.top];
+    bounds = [mask.left, mask.top, mask.left + mask.width, mask.top + mask.height];
   } else if (shape.type === "skeleton") {
     for (const element of shape.elements || []) {
       if (!element.outside) dot(context, element.points[0], element.points[1], width * 2);
     }
-    anchor = topLeft((shape.elements || []).flatMap((element) => element.points));
+    bounds = box((shape.elements || []).flatMap((element) => element.points));
   } else {
     for (let i = 0; i < p.length; i += 2) dot(context, p[i], p[i + 1], width * 2);
-    anchor = topLeft(p);
   }
   const text = (label ? label.name : String(shape.label_id)) + (shape.score !== undefined ? ` ${shape.score.toFixed(2)}` : "");
   const attributes = describeAttributes(shape, label);
-  caption(context, attributes ? `${text} · ${attributes}` : text, anchor, colour, width);
+  caption(context, attributes ? `${text} · ${attributes}` : text, bounds, colour, width);
   context.restore();
 }
 
-function topLeft(points) {
-  let x = Infinity, y = Infinity;
-  for (let i = 0; i < points.length; i += 2) { x = Math.min(x, points[i]); y = Math.min(y, points[i + 1]); }
-  return [x, y];
+function box(points) {
+  let x1 = Infinity, y1 = Infinity, x2 = -Infinity, y2 = -Infinity;
+  for (let i = 0; i < points.length; i += 2) {
+    x1 = Math.min(x1, points[i]); y1 = Math.min(y1, points[i + 1]);
+    x2 = Math.max(x2, points[i]); y2 = Math.max(y2, points[i + 1]);
+  }
+  return [x1, y1, x2, y2];
 }
 
 function dot(context, x, y, radius) {
@@ -322,14 +322,16 @@ function dot(context, x, y, radius) {
   context.fill();
 }
 
-function caption(context, text, [x, y], colour, width) {
+function caption(context, text, [x, y, , bottom], colour, width) {
   const size = Math.max(12, width * 6);
   context.font = `${size}px system-ui, sans-serif`;
   const textWidth = context.measureText(text).width;
-  const top = Math.max(0, y - size - 4);
+  const top = y - size - 4 >= 0 ? y - size - 4 : bottom + 1; // never over the shape it names
   context.fillStyle = colour;
   context.fillRect(x, top, textWidth + 8, size + 4);
-  context.fillStyle = "#000";
+  // The canvas reads a colour back as #rrggbb: dark text on light label colours, white on dark ones.
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(context.fillStyle.slice(i, i + 2), 16));
+  context.fillStyle = 0.299 * r + 0.587 * g + 0.114 * b > 140 ? "#000" : "#fff";
   context.fillText(text, x + 4, top + size - 1);
 }
 
