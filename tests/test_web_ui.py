@@ -68,13 +68,15 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, stack):
+def page(browser, stack, request):
     context = browser.new_context(viewport={"width": 1400, "height": 950})
     tab = context.new_page()
     tab.set_default_timeout(30_000)
     errors = []
     tab.on("pageerror", lambda error: errors.append(str(error)))
     yield tab
+    # Where each test left the page: the first thing to look at when one fails.
+    tab.screenshot(path=str(SCREENSHOTS / f"end-of-{request.node.name}.png"), full_page=True)
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
 
@@ -459,3 +461,51 @@ def test_delete_task_from_the_list(page, stack):
     assert "does not exist" in stack.error("GET", f"/api/tasks/{idle['id']}", 404)
     stack.ok("DELETE", f"/api/lambda/requests/{running['id']}", 204)
     stack.wait(running["id"])
+
+
+UNNAMED_CONTROLS = """() => {
+    const named = (el) => {
+        if (el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')) return true;
+        if (el.labels && [...el.labels].some((label) => label.textContent.trim())) return true;
+        if (el.tagName === 'IMG') return el.hasAttribute('alt');
+        return el.tagName === 'BUTTON' && el.textContent.trim() !== '';
+    };
+    return [...document.querySelectorAll('input, select, textarea, button, canvas, img, dialog[open], table')]
+        .filter((el) => el.getClientRects().length && !(el.tagName === 'TABLE' ? el.getAttribute('aria-label') : named(el)))
+        .map((el) => el.outerHTML.slice(0, 120));
+}"""
+
+
+def test_every_control_and_table_has_an_accessible_name(page, stack):
+    """Labels on inputs, names on buttons, canvas and tables, on every page and in the dialog."""
+    task = stack.task([{"name": "cat", "type": "mask", "attributes": [
+        {"name": "pose", "input_type": "select", "values": ["sitting", "lying"]}]}], [CAT])
+    sign_in(page, stack, "#/models")
+    expect(page.get_by_role("heading", name="Models")).to_be_visible()
+    pages = {"models": page.evaluate(UNNAMED_CONTROLS)}
+    page.goto(f"{stack.url}/ui/#/tasks")
+    page.get_by_role("button", name="Add attribute").click()
+    page.get_by_label("Files on the server").check()
+    expect(page.get_by_role("group", name="Server files")).to_contain_text("coco128-val2017")
+    pages["tasks"] = page.evaluate(UNNAMED_CONTROLS)
+    page.goto(f"{stack.url}/ui/#/tasks/{task['id']}")
+    page.get_by_role("button", name="Automatic annotation", exact=True).click()
+    page.get_by_role("dialog", name="Automatic annotation").get_by_label("Model").select_option(YOLO)
+    pages["annotate dialog"] = page.evaluate(UNNAMED_CONTROLS)
+    page.keyboard.press("Escape")
+    page.goto(f"{stack.url}/ui/#/tasks/{task['id']}/frames/0")
+    page.get_by_label("Interactor", exact=True).select_option("opencv-grabcut")
+    pages["viewer"] = page.evaluate(UNNAMED_CONTROLS)
+    assert pages == {name: [] for name in pages}
+    # Keyboard: a fresh page starts with the skip link, then the main navigation.
+    page.goto("about:blank")
+    page.goto(f"{stack.url}/ui/#/models")
+    expect(page.get_by_role("heading", name="Models")).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Models")).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")  # skip to content: focus moves to the page, the address stays
+    expect(page.get_by_role("main")).to_be_focused()
+    assert page.url.endswith("#/models") and page.locator("#errors").text_content() == ""

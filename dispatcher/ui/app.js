@@ -13,6 +13,7 @@ const routes = [
 ];
 
 let leavePage = null;
+let currentPage = null;
 
 async function route() {
   const hash = location.hash || "#/tasks";
@@ -20,27 +21,38 @@ async function route() {
   if (leavePage) leavePage();
   leavePage = null;
   clearErrors();
-  const view = document.getElementById("view");
+  // Each visit renders into a container of its own: a page still loading when the user moves on
+  // (or when the token prompt returns late) finishes into a detached container, never over the
+  // page that replaced it.
+  const view = document.createElement("div");
+  currentPage = view;
+  document.getElementById("view").replaceChildren(view);
   for (const link of document.querySelectorAll("header nav a")) {
     const current = hash.startsWith(link.getAttribute("href"));
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   if (!match) {
-    view.replaceChildren();
     showError(`There is no page at ${hash}.`);
     return;
   }
   const [found, page] = match;
   const params = found.slice(1).map(Number);
   try {
-    leavePage = (await page(view, ...params)) || null;
+    const leave = (await page(view, ...params)) || null;
+    if (currentPage === view) leavePage = leave;
+    else if (leave) leave(); // the user has already moved on
   } catch (error) {
-    showError(error);
+    if (currentPage === view) showError(error);
   }
 }
 
 window.addEventListener("hashchange", route);
+// The skip link moves focus, not the route (its #view would be read as a page address).
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  document.getElementById("view").focus();
+});
 document.getElementById("token-button").addEventListener("click", async () => {
   if (await askForToken(null)) route();
 });
