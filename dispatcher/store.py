@@ -844,10 +844,13 @@ def _checked_shape(item, where: str, context: _TaskContext, skeleton: int | None
 
 
 def _checked_mask(points, where: str) -> list[int]:
-    """CVAT's mask RLE (4.7): run lengths from a background run, then the inclusive box."""
-    if not isinstance(points, list) or len(points) < 5 or not all(is_int(v) and v >= 0 for v in points):
+    """CVAT's mask RLE (4.7): run lengths from a background run, then the inclusive box. Whole
+    floats are taken as the integers they are: CVAT keeps points as floats, and cvat-sdk sends 72.0."""
+    whole = (lambda v: is_int(v) or (isinstance(v, float) and v.is_integer()))
+    if not isinstance(points, list) or len(points) < 5 or not all(whole(v) and v >= 0 for v in points):
         raise InvalidInput(f"{where}.points: a mask is run lengths followed by xtl, ytl, xbr, ybr, "
                            "all non-negative integers")
+    points = [int(v) for v in points]
     *runs, xtl, ytl, xbr, ybr = points
     if xbr < xtl or ybr < ytl or sum(runs) != (xbr - xtl + 1) * (ybr - ytl + 1):
         raise InvalidInput(f"{where}.points: the runs cover {sum(runs)} pixels but the box "

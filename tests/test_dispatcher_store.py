@@ -419,6 +419,8 @@ def test_bad_annotations_are_refused_naming_the_item(store):
         "shapes[0]: rectangle points need exactly 4 coordinates, got 3"
     assert refused({"shapes": [{"frame": 0, "label_id": i["stain"], "type": "mask", "points": [0, 5, 0, 0, 1, 1]}]}) \
         == "shapes[0].points: the runs cover 5 pixels but the box (0, 0, 1, 1) has 4"
+    assert refused({"shapes": [{"frame": 0, "label_id": i["stain"], "type": "mask", "points": [0, 4.5, 0, 0, 1, 1]}]}) \
+        == "shapes[0].points: a mask is run lengths followed by xtl, ytl, xbr, ybr, all non-negative integers"
     assert refused({"shapes": [{"frame": 0, "label_id": i["pose"], "type": "skeleton", "elements": [
         {"label_id": i["car"], "points": [1, 1]}]}]}) == \
         f"shapes[0].elements[0].label_id: {i['car']} is not a sublabel of skeleton {i['pose']} in task {task['id']}"
