@@ -27,6 +27,9 @@ SHARED = REPO.parent / "shared"
 TESTDATA = SHARED / "testdata"
 PROBE = Path(__file__).with_name("functions") / "probe"
 FACE_FUNCTION = REPO / "serverless/openvino/omz/intel/face-detection-0205/nuclio"
+ASTRONAUT = TESTDATA / "skimage/astronaut.png"
+# The astronaut's visible face (hairline to chin, cheek to cheek), marked by hand on the image.
+ASTRONAUT_FACE = (185, 70, 265, 178)
 POSTGRES = "host=127.0.0.1 port=5432 user=postgres"  # the local server, as .ci/run starts it
 TOKEN = "test-token-" + uuid.uuid4().hex  # the API_TOKEN of every dispatcher the tests start
 FINAL = ("finished", "failed", "canceled")
@@ -58,6 +61,14 @@ def function_module(folder: Path, module: str = "model_handler"):
     sys.modules[unique] = loaded  # dataclasses and pickling look their module up here
     spec.loader.exec_module(loaded)
     return loaded
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two ``x1, y1, x2, y2`` boxes."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):

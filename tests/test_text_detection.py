@@ -18,7 +18,7 @@ from PIL import Image
 from serverless.common import masks, model_files
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, b64_file, function_module, serve_function
+from conftest import REPO, TESTDATA, b64_file, box_iou, function_module, serve_function
 
 DBNET_FUNCTION = REPO / "serverless/onnx/PaddlePaddle/ppocrv4-det/nuclio"
 PIXEL_LINK_FUNCTION = REPO / "serverless/openvino/omz/intel/text-detection-0004/nuclio"
@@ -359,12 +359,6 @@ def three_rectangles() -> Image.Image:
         pixels[y0:y1, x0:x1] = colour
     return Image.fromarray(pixels)
 
-
-def box_iou(a, b):
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def test_served_pixel_link_feeds_bgr_and_emits_own_masks(pixel_link_stand_in):

@@ -21,7 +21,7 @@ from PIL import Image
 from serverless.common import detections, model_files
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, b64_file, detect, serve_function
+from conftest import REPO, TESTDATA, b64_file, box_iou, detect, serve_function
 
 FUNCTION = REPO / "serverless/onnx/WongKinYiu/yolov7/nuclio"
 BUS = TESTDATA / "ultralytics/bus.jpg"  # 810x1080
@@ -43,12 +43,6 @@ CVAT_YOLO_LABELS = (
     "scissors", "teddy bear", "hair drier", "toothbrush",
 )
 
-
-def iou(a, b):
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def encoded(image: Image.Image) -> str:
@@ -99,10 +93,10 @@ def test_bus_and_three_people_on_bus_jpg(yolov7, spec_names):
     items = detect(yolov7, BUS)
     assert_valid_items(items, spec_names, (810, 1080), threshold=0.5)
     (bus,) = [item for item in items if item["label"] == "bus"]
-    assert iou(bus["points"], BUS_BOX) > 0.8 and float(bus["confidence"]) > 0.8
+    assert box_iou(bus["points"], BUS_BOX) > 0.8 and float(bus["confidence"]) > 0.8
     people = [item["points"] for item in items if item["label"] == "person"]
     for marked in PEOPLE_BOXES:
-        assert max(iou(found, marked) for found in people) > 0.6, marked
+        assert max(box_iou(found, marked) for found in people) > 0.6, marked
 
 
 def test_items_use_spec_names_and_stay_inside_the_image(yolov7, spec_names):
@@ -145,7 +139,7 @@ def test_grey_and_rgba_frames(yolov7, spec_names, mode):
     assert reply.status_code == 200
     items = reply.json()
     assert_valid_items(items, spec_names, (810, 1080), threshold=0.5)
-    assert any(item["label"] == "bus" and iou(item["points"], BUS_BOX) > 0.8 for item in items)
+    assert any(item["label"] == "bus" and box_iou(item["points"], BUS_BOX) > 0.8 for item in items)
     assert sum(item["label"] == "person" for item in items) >= 3
 
 
@@ -196,7 +190,7 @@ def test_onnxruntime_backend_gives_the_same_boxes(yolov7, converted_dir):
     on_openvino = detect(yolov7, BUS)
     assert [item["label"] for item in on_onnxruntime] == [item["label"] for item in on_openvino]
     for a, b in zip(on_onnxruntime, on_openvino):
-        assert iou(a["points"], b["points"]) > 0.95
+        assert box_iou(a["points"], b["points"]) > 0.95
         assert float(a["confidence"]) == pytest.approx(float(b["confidence"]), abs=0.03)
 
 
