@@ -1,4 +1,4 @@
-"""``python -m dispatcher serve | worker | annotate-folder``."""
+"""``python -m dispatcher serve | worker | annotate-folder | auto-annotate``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="COCO JSON or CVAT for images 1.1 XML (default: coco)")
     folder.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
     folder.add_argument("--api", help="use this running dispatcher (and its workers) instead of starting one")
+    from dispatcher import auto_annotation
+
+    sdk = commands.add_parser("auto-annotate", help="run a cvat-sdk detection function here over a task "
+                              "(cvat-cli's task auto-annotate flags)")
+    auto_annotation.add_arguments(sdk)
     args = parser.parse_args(argv)
 
     try:
@@ -42,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
         return 0
+    if args.command == "auto-annotate":
+        return auto_annotation.run(args, settings.api_token)
     if args.command == "worker":
         from dispatcher import worker as chunk_worker
 

@@ -300,9 +300,12 @@ def _online_call(services: Services, function: LambdaFunction, raw: dict) -> Any
     if kind == "detector":
         frame = _frame(services.store, body, "frame", task, job)
         mapping = build_mapping(function.meta.labels, services.store.task_labels(task), _mapping(body))
+        conv_mask_to_poly = _bool(body, "conv_mask_to_poly")
+        if conv_mask_to_poly:  # for functions that make their own polygons (cvat-sdk ones); others ignore it
+            extra["conv_mask_to_poly"] = True
         items = services.registry.call(function, {"image": _image(services.store, task, frame), **extra})
         try:
-            tags, shapes, _ = convert(items, mapping, frame, _bool(body, "conv_mask_to_poly"))
+            tags, shapes, _ = convert(items, mapping, frame, conv_mask_to_poly)
         except BadFunctionOutput as error:
             raise GatewayError(502, f"function {function.id} returned unusable results: {error}") from None
         return {"version": 0, "tags": tags, "shapes": shapes, "tracks": []}

@@ -143,6 +143,8 @@ def _annotate(request: dict, frames: list[int], services: Services) -> dict:
             services.book.frame_failed(request_id, frame, f"cannot annotate: {error}")
         return {"frames": len(frames), "written": 0, "failed": len(frames), "canceled": 0}
     extra = {"threshold": parameters["threshold"]} if parameters.get("threshold") is not None else {}
+    if parameters.get("conv_mask_to_poly"):  # for functions that make their own polygons (cvat-sdk ones)
+        extra["conv_mask_to_poly"] = True
 
     def annotate(frame: int):
         image = base64.b64encode(services.store.frame_bytes(task, frame)).decode()

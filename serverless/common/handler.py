@@ -76,4 +76,5 @@ def detector_handler(detect: Callable[[Any, Any, float, dict], list], default_th
         decoded = [decode_image(data, field=f"images[{index}]") for index, data in enumerate(images)]
         return [detect(context, image, threshold, body) for image in decoded]
 
+    process.detect = detect  # the model without the wire, for in-process callers (serverless.common.sdk)
     return process

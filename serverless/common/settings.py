@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ class FunctionSettings:
     onnx_backend: str
     max_image_pixels: int
     model_path_overrides: dict[str, str]
+    # A cvat-sdk function served by serverless.common.sdk:handler: a module or a file (relative to
+    # the function folder), and create()'s parameters as a JSON object.
+    sdk_function_module: str | None = None
+    sdk_function_file: Path | None = None
+    sdk_function_parameters: dict | None = None
 
     def model_path_override(self, variable: str) -> Path | None:
         value = self.model_path_overrides.get(variable)
@@ -66,7 +72,23 @@ def load(environ: dict[str, str] | None = None) -> FunctionSettings:
         onnx_backend=onnx_backend,
         max_image_pixels=_positive_int(environ, "MAX_IMAGE_PIXELS", 100_000_000),
         model_path_overrides={k: v for k, v in environ.items() if k.endswith("_MODEL_PATH") or k == "MODEL_PATH"},
+        sdk_function_module=environ.get("SDK_FUNCTION_MODULE") or None,
+        sdk_function_file=Path(environ["SDK_FUNCTION_FILE"]) if environ.get("SDK_FUNCTION_FILE") else None,
+        sdk_function_parameters=_json_object(environ, "SDK_FUNCTION_PARAMETERS"),
     )
+
+
+def _json_object(environ: dict[str, str], name: str) -> dict:
+    raw = environ.get(name, "")
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name} is not JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{name} must be a JSON object of parameter names and values, got {raw!r}")
+    return parsed
 
 
 @functools.cache

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from serverless.common.metadata import FunctionMeta, MetadataError, annotation_strings
+from serverless.common.settings import CODE_ROOT
 
 # nuclio's defaults for an HTTP trigger (docs.nuclio.io, reference/triggers/http).
 DEFAULT_NUM_WORKERS = 1
@@ -102,9 +103,12 @@ def _validate(path: Path, raw) -> FunctionConfig:
     match = HANDLER.match(handler) if isinstance(handler, str) else None
     if not match:
         raise ConfigError(f"spec.handler: must be 'module:function', got {handler!r}")
-    module_path = path.parent.joinpath(*match.group(1).split("."))
-    if not (module_path.with_suffix(".py").is_file() or (module_path / "__init__.py").is_file()):
-        raise ConfigError(f"spec.handler: module {match.group(1)!r} not found in {path.parent}")
+    # The module lives in the function folder, or is one of ours (serverless.common.sdk serves
+    # cvat-sdk functions), importable from the code root as in the function images.
+    parts = match.group(1).split(".")
+    if not any(root.joinpath(*parts).with_suffix(".py").is_file() or root.joinpath(*parts, "__init__.py").is_file()
+               for root in (path.parent, CODE_ROOT)):
+        raise ConfigError(f"spec.handler: module {match.group(1)!r} not found in {path.parent} or {CODE_ROOT}")
 
     event_timeout = None
     if spec.get("eventTimeout") not in (None, ""):
