@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from dispatcher import planner
+from dispatcher import planner, tracker_states
 from dispatcher.chunks import target_frames
 from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert, is_int, is_number
 from dispatcher.gateway import Gateway, GatewayError
@@ -321,7 +321,41 @@ def _online_call(services: Services, function: LambdaFunction, raw: dict) -> Any
         if "max_distance" in body:
             payload["max_distance"] = _number(body, "max_distance")
         return services.registry.call(function, payload)
+    if kind == "tracker":
+        return _track(services, function, body, task, _frame(services.store, body, "frame", task, job))
     raise BadRequest(f"function {function.id}: online calls to {kind} functions are not supported by this server")
+
+
+def _track(services: Services, function: LambdaFunction, body: dict, task: int, frame: int) -> dict:
+    """CVAT's tracker call (3.5): start on ``shapes`` (no ``states``) or continue ``states``; the
+    function's states reach the client signed, and come back checked."""
+    key, function_id = services.settings.tracker_state_key, function.id
+    legacy = not function.meta.supported_shape_types
+    if "states" in body:
+        states = [tracker_states.unsign(key, function_id, state, f"states[{index}]")
+                  for index, state in enumerate(_list(body, "states"))]
+        shapes = [None] * len(states)
+    else:
+        shapes = _list(body, "shapes")
+        states = []
+        for index, shape in enumerate(shapes):
+            if not (isinstance(shape, dict) and isinstance(shape.get("points"), list)):
+                raise BadRequest(f"shapes[{index}]: must be a shape with type and points, got {shape!r}")
+            if not legacy and shape.get("type") not in function.meta.supported_shape_types:
+                raise BadRequest(f"shapes[{index}].type: function {function_id} tracks "
+                                 f"{', '.join(function.meta.supported_shape_types)}, not {shape.get('type')!r}")
+        if legacy:  # legacy trackers take bare [x1, y1, x2, y2]
+            shapes = [shape["points"] for shape in shapes]
+    reply = services.registry.call(function, {"image": _image(services.store, task, frame), "shapes": shapes,
+                                              "states": states})
+    if not (isinstance(reply, dict) and isinstance(reply.get("shapes"), list) and isinstance(reply.get("states"), list)
+            and len(reply["shapes"]) == len(reply["states"]) == len(shapes)):
+        raise GatewayError(502, f"function {function_id} returned unusable results: expected "
+                                f"{{shapes, states}} with {len(shapes)} entries each")
+    if legacy:
+        reply["shapes"] = [{"type": "rectangle", "points": s} if isinstance(s, list) else s for s in reply["shapes"]]
+    return {"shapes": reply["shapes"],
+            "states": [tracker_states.sign(key, function_id, state) for state in reply["states"]]}
 
 
 def _task_and_job(store: Store, body: dict) -> tuple[int, int | None]:
@@ -480,7 +514,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     def reply(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
-    statuses = {BadRequest: 400, InvalidInput: 400, MappingError: 400, NotFound: 404, Conflict: 409}
+    statuses = {BadRequest: 400, InvalidInput: 400, MappingError: 400, tracker_states.InvalidState: 400,
+                NotFound: 404, Conflict: 409}
     for error_type, status in statuses.items():
         app.add_exception_handler(error_type, lambda request, error, status=status: reply(status, str(error)))
     app.add_exception_handler(GatewayError, lambda request, error: reply(error.status, error.message))

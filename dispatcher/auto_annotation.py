@@ -231,6 +231,7 @@ def _threshold(text: str) -> float:
 def run(args: argparse.Namespace, api_token: str | None) -> int:
     """The command: exit 0 when the task was annotated, 1 with one readable line otherwise."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per frame request otherwise
     try:
         function = load_function(args.function_module, args.function_file, dict(args.function_parameters))
         with Client(args.api, api_token) as client:

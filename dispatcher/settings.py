@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ class Settings:
     finished_request_ttl: int  # seconds a finished request stays listed (CVAT: 30 min)
     failed_request_ttl: int  # seconds a failed or canceled request stays listed (CVAT: 3 h)
     api_token: str | None  # when set, every API call needs "Authorization: Bearer <token>"
+    tracker_state_key: bytes  # signs tracker states handed to clients; random per process unless set
 
 
 def load(environ: dict[str, str] | None = None) -> Settings:
@@ -65,6 +67,7 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         finished_request_ttl=_number(environ, "FINISHED_REQUEST_TTL", "1800", int, positive=True),
         failed_request_ttl=_number(environ, "FAILED_REQUEST_TTL", "10800", int, positive=True),
         api_token=environ.get("API_TOKEN") or None,
+        tracker_state_key=(environ.get("TRACKER_STATE_KEY") or "").encode() or secrets.token_bytes(32),
     )
 
 

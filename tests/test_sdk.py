@@ -278,6 +278,41 @@ def test_served_tracking_function_follows_a_moved_object(platform):
     assert smaller.status_code == 400 and "was made on a 512x512 image" in smaller.text
 
 
+def test_tracking_through_the_dispatcher_with_signed_states(stack, tmp_path):
+    moved = tmp_path / "moved.png"
+    Image.fromarray(np.roll(np.asarray(Image.open(ASTRONAUT).convert("RGB")), shift=(7, 12), axis=(0, 1))).save(moved)
+    task = new_task(stack, labels=[{"name": "face", "type": "rectangle"}], images=(ASTRONAUT, moved))
+    function = stack.ok("GET", "/api/lambda/functions/sdk-template-tracker")
+    assert (function["kind"], function["supported_shape_types"]) == ("tracker", ["rectangle"])
+
+    path = "/api/lambda/functions/sdk-template-tracker"
+    face = {"type": "rectangle", "points": [170, 50, 250, 140]}
+    started = stack.ok("POST", path, json={"task": task["id"], "frame": 0, "shapes": [face]})
+    assert started["shapes"] == [face]
+    tracked = stack.ok("POST", path, json={"task": task["id"], "frame": 1, "states": started["states"]})
+    assert tracked["shapes"] == [{"type": "rectangle", "points": [182, 57, 262, 147]}]
+
+    (state,) = started["states"]
+    payload, timestamp, signature = state.split(".")
+    for bad in ("forged", f"{payload}.{int(timestamp) + 1}.{signature}", f"{payload[:-2]}AA.{timestamp}.{signature}"):
+        detail = stack.error("POST", path, 400, json={"task": task["id"], "frame": 1, "states": [bad]})
+        assert detail == "states[0]: Invalid or expired tracker state"
+    polygon = {"type": "polygon", "points": [1, 1, 5, 1, 5, 5]}
+    detail = stack.error("POST", path, 400, json={"task": task["id"], "frame": 0, "shapes": [polygon]})
+    assert detail == "shapes[0].type: function sdk-template-tracker tracks rectangle, not 'polygon'"
+
+
+def test_tracker_states_expire_after_8_hours_and_belong_to_one_function():
+    from dispatcher import tracker_states
+
+    token = tracker_states.sign(b"key", "tracker-a", {"template": [1, 2]}, now=1000)
+    assert tracker_states.unsign(b"key", "tracker-a", token, "states[0]", now=1000 + 8 * 3600) == {"template": [1, 2]}
+    for key, function_id, now in [(b"key", "tracker-a", 1001 + 8 * 3600), (b"other", "tracker-a", 1000),
+                                  (b"key", "tracker-b", 1000)]:
+        with pytest.raises(tracker_states.InvalidState, match="Invalid or expired tracker state"):
+            tracker_states.unsign(key, function_id, token, "states[0]", now=now)
+
+
 # annotate_task against the dispatcher
 
 def test_annotate_task_writes_what_the_function_found(stack, client):
