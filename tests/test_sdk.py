@@ -149,6 +149,33 @@ def test_function_yaml_is_what_the_generator_writes_for_the_function(folder):
     assert written.stdout == text
 
 
+SPEC_BREAKS = {
+    "label without id": ("[cvataa.label_spec('a', 0), models.PatchedLabelRequest(name='b')]", "label 'b' has no ID"),
+    "same label id": ("[cvataa.label_spec('a', 0), cvataa.label_spec('b', 0)]", r"label b has same ID as another label \(0\)"),
+    "same attribute id": ("[cvataa.label_spec('a', 0, attributes=[cvataa.text_attribute_spec('x', 1), "
+                          "cvataa.text_attribute_spec('y', 1)])]", "attribute 'y' of label 'a' has same ID"),
+    "bad attribute values": ("[cvataa.label_spec('a', 0, attributes=[cvataa.number_attribute_spec('n', 0, ['5', '1', '1'])])]",
+                             "attribute 'n' of label 'a' has invalid values"),
+    "sublabels on a rectangle": ("[cvataa.label_spec('a', 0, type='rectangle', sublabels=[cvataa.keypoint_spec('k', 0)])]",
+                                 r"label 'a' with sublabels has type 'rectangle' \(should be 'skeleton'\)"),
+    "same sublabel id": ("[cvataa.skeleton_label_spec('a', 0, [cvataa.keypoint_spec('k', 0), cvataa.keypoint_spec('l', 0)])]",
+                         "sublabel 'l' of label 'a' has same ID"),
+    "sublabel not points": ("[cvataa.skeleton_label_spec('a', 0, [models.SublabelRequest(name='k', id=0, type='rectangle')])]",
+                            "sublabel 'k' of label 'a' has type 'rectangle'"),
+}
+
+
+@pytest.mark.parametrize("case", SPEC_BREAKS, ids=list(SPEC_BREAKS))
+def test_spec_rule_breaks_reach_the_user_as_bad_function_errors(tmp_path, case):
+    labels, message = SPEC_BREAKS[case]
+    source = tmp_path / "function.py"
+    source.write_text("import cvat_sdk.auto_annotation as cvataa\nfrom cvat_sdk import models\n"
+                      f"spec = cvataa.DetectionFunctionSpec(labels={labels})\n"
+                      "def detect(context, image):\n    return []\n")
+    with pytest.raises(cvataa.BadFunctionError, match=message):
+        sdk.load_function(file=source)
+
+
 def test_generator_refuses_a_function_that_breaks_the_spec_rules(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import cvat_sdk.auto_annotation as cvataa\n"

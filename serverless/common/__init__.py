@@ -8,4 +8,5 @@
 - ``openvino_model``: OpenVINO loading and inference.
 - ``detections``: detection result items.
 - ``masks``: the function mask wire format, CVAT's RLE, mask to polygon.
+- ``sdk``: cvat-sdk functions: loading, serving as nuclio functions, the output rules, function.yaml.
 """
