@@ -126,9 +126,10 @@ def serve_function(path: Path, *, env: dict | None = None, until: str = "ready",
 
 
 @contextlib.contextmanager
-def serve_platform(tree: Path, timeout: float = 90):
-    """Run ``platform`` on a tree; wait until none of its functions is still building."""
-    running = RunningProcess(["platform", str(tree)], free_port())
+def serve_platform(tree: Path, timeout: float = 90, extra: tuple[str, ...] = ()):
+    """Run ``platform`` on a tree (``extra``: more arguments); wait until none of its functions is
+    still building."""
+    running = RunningProcess(["platform", str(tree), *extra], free_port())
     try:
         def settled():
             functions = running.get_json("/api/functions")

@@ -9,7 +9,8 @@ import pytest
 
 from serverless.runtime.platform import UnknownFunctions, discover, load_functions
 
-from conftest import FACE_FUNCTION, PROBE, TESTDATA, b64_file, copy_function, serve_platform, wait_until
+from conftest import (FACE_FUNCTION, PROBE, TESTDATA, b64_file, copy_function, serve_function, serve_platform,
+                      wait_until)
 
 FACE = "openvino-omz-intel-face-detection-0205"
 
@@ -120,6 +121,34 @@ def test_only_the_functions_asked_for_are_loaded(tmp_path):
     assert list(load_functions(tmp_path, only={"other-probe"})) == ["other-probe"]
     with pytest.raises(UnknownFunctions, match="no function named nope under .*; there are: other-probe, runtime-probe"):
         load_functions(tmp_path, only={"nope", "runtime-probe"})
+
+
+def test_remote_functions_are_listed_followed_and_forwarded_to(tmp_path):
+    """docker compose: each function in a container of its own, the platform only lists and forwards."""
+    copy_function(PROBE, tmp_path / "probe/nuclio")
+    copy_function(PROBE, tmp_path / "other/nuclio", **{"metadata.name": "other-probe"})
+    with serve_function(tmp_path / "probe/nuclio") as function:
+        with serve_platform(tmp_path, extra=("--remote", f"runtime-probe={function.url}")) as platform:
+            listed = platform.get_json("/api/functions")
+            assert list(listed) == ["runtime-probe"]  # only the named functions
+            status = listed["runtime-probe"]["status"]
+            assert status["state"] == "ready" and status["httpPort"] == int(function.url.rsplit(":", 1)[1])
+            reply = platform.http.post("/api/function_invocations", json={"probe": "echo"},
+                                       headers={"x-nuclio-function-name": "runtime-probe", "x-nuclio-path": "/"})
+            assert reply.status_code == 200, reply.text
+            function.close()  # the container goes away: the platform says so, and refuses calls
+            wait_until(lambda: platform.get_json("/api/functions/runtime-probe")["status"]["state"] == "error", 15,
+                       "the platform to notice")
+            assert "cannot reach" in platform.get_json("/api/functions/runtime-probe")["status"]["message"]
+            refused = platform.http.post("/api/function_invocations", json={},
+                                         headers={"x-nuclio-function-name": "runtime-probe"})
+            assert refused.status_code == 503
+
+
+def test_remote_names_must_be_functions_of_the_tree(tmp_path):
+    copy_function(PROBE, tmp_path / "probe/nuclio")
+    with pytest.raises(UnknownFunctions, match="no function named nope"):
+        load_functions(tmp_path, remote={"nope": "http://elsewhere:8080"})
 
 
 def _processor_pid(platform, name: str) -> int | None:

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     platform.add_argument("--gpu", action="store_true", help="use function-gpu.yaml where a folder has one")
     platform.add_argument("--function", action="append", dest="functions", metavar="NAME",
                           help="serve only this function (repeatable); default: every function under the tree")
+    platform.add_argument("--remote", action="append", default=[], metavar="NAME=URL", type=_remote,
+                          help="this function is served at URL (its own `serve`, e.g. a container): list it, follow "
+                               "its readiness and forward calls there (repeatable); then only named functions are listed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -45,11 +48,18 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             local_platform.serve(args.tree, args.host, args.port, args.gpu,
-                                 set(args.functions) if args.functions else None)
+                                 set(args.functions) if args.functions else None, dict(args.remote))
         except local_platform.UnknownFunctions as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
     return 0
+
+
+def _remote(text: str) -> tuple[str, str]:
+    name, equals, url = text.partition("=")
+    if not equals or not name or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected NAME=http://host:port, got {text!r}")
+    return name, url
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ the nuclio dashboard API that CVAT uses (cvat-compat.md section 2.3).
 
 A function whose function.yaml is invalid, whose model files are missing or whose init_context
 fails is listed with state ``error`` and the reason; the platform and the other functions go on.
+
+Remote functions (``--remote NAME=URL``, docker compose): served by ``serve`` in containers of
+their own; the platform lists them from their function.yaml, follows their readiness at ``URL`` and
+forwards invocations there, so the dispatcher needs no nuclio.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -54,6 +59,8 @@ class ManagedFunction:
     port: int = 0
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
     restarts: int = 0
+    url: str = ""  # where it answers: set at start, or the remote URL it was given
+
 
     def entry(self) -> dict:
         return function_config.dashboard_entry(self.raw, self.state, self.port, self.message)
@@ -84,8 +91,13 @@ class UnknownFunctions(ValueError):
     pass
 
 
-def load_functions(tree: Path, gpu: bool = False, only: set[str] | None = None) -> dict[str, ManagedFunction]:
-    """The functions under ``tree``, or only those named in ``only`` (UnknownFunctions if one is missing)."""
+def load_functions(tree: Path, gpu: bool = False, only: set[str] | None = None,
+                   remote: dict[str, str] | None = None) -> dict[str, ManagedFunction]:
+    """The functions under ``tree``, or only those named in ``only`` or ``remote`` (UnknownFunctions
+    if one is missing); ``remote`` maps names to the URLs of functions served elsewhere."""
+    remote = remote or {}
+    if remote:
+        only = (only or set()) | set(remote)
     functions: dict[str, ManagedFunction] = {}
     for path in discover(tree, gpu):
         try:
@@ -109,6 +121,8 @@ def load_functions(tree: Path, gpu: bool = False, only: set[str] | None = None) 
             raise UnknownFunctions(f"no function named {', '.join(missing)} under {tree}; "
                                    f"there are: {', '.join(sorted(functions))}")
         functions = {name: function for name, function in functions.items() if name in only}
+    for name, url in remote.items():
+        functions[name].url = url.rstrip("/")
     return functions
 
 
@@ -129,9 +143,10 @@ def _free_port(host: str) -> int:
 
 
 class Platform:
-    def __init__(self, tree: Path, host: str, gpu: bool = False, only: set[str] | None = None):
+    def __init__(self, tree: Path, host: str, gpu: bool = False, only: set[str] | None = None,
+                 remote: dict[str, str] | None = None):
         self.host = host
-        self.functions = load_functions(tree, gpu, only)
+        self.functions = load_functions(tree, gpu, only, remote)
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64))
         self._monitor: asyncio.Task | None = None
 
@@ -139,7 +154,11 @@ class Platform:
         for function in self.functions.values():
             if function.config is None:
                 continue
+            if function.url:  # remote: its port is the one in its URL
+                function.port = urlsplit(function.url).port or 80
+                continue
             function.port = function.config.trigger.port or _free_port(self.host)
+            function.url = f"http://{self.host}:{function.port}"
             await self._spawn(function)
         log.info("platform: %d function(s): %s", len(self.functions), ", ".join(sorted(self.functions)))
         self._monitor = asyncio.create_task(self._watch())
@@ -161,7 +180,7 @@ class Platform:
     async def _watch(self) -> None:
         """Follow each processor's readiness: often while any is starting, then every few seconds."""
         while True:
-            await asyncio.gather(*(self._refresh(f) for f in self.functions.values() if f.process))
+            await asyncio.gather(*(self._refresh(f) for f in self.functions.values() if f.process or f.url))
             starting = any(f.state == "building" for f in self.functions.values())
             await asyncio.sleep(0.2 if starting else 2.0)
 
@@ -173,6 +192,14 @@ class Platform:
         )
 
     async def _refresh(self, function: ManagedFunction) -> None:
+        if function.process is None:  # remote: up, starting or gone, as its readiness says
+            try:
+                status = (await self.client.get(f"{function.url}{READY_PATH}", timeout=2.0)).json()
+            except (httpx.HTTPError, ValueError) as error:
+                function.state, function.message = "error", f"cannot reach {function.url}: {error}"
+                return
+            function.state, function.message = status["state"], status.get("message", "")
+            return
         code = function.process.returncode
         if code is not None:
             if function.state != "error" and _should_restart(function, code):
@@ -184,7 +211,7 @@ class Platform:
             function.message = function.message or f"processor exited with code {code}"
             return
         try:
-            reply = await self.client.get(f"http://{self.host}:{function.port}{READY_PATH}", timeout=2.0)
+            reply = await self.client.get(f"{function.url}{READY_PATH}", timeout=2.0)
             status = reply.json()
         except (httpx.HTTPError, ValueError):
             return  # still starting up, or busy: keep the last known state
@@ -220,7 +247,7 @@ class Platform:
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-nuclio-")}
         try:
-            reply = await self.client.request(request.method, f"http://{self.host}:{function.port}{path}",
+            reply = await self.client.request(request.method, f"{function.url}{path}",
                                               params=request.query_params, headers=headers,
                                               content=await request.body(), timeout=timeout)
         except httpx.TimeoutException:
@@ -245,9 +272,10 @@ class Platform:
         ], lifespan=lifespan)
 
 
-def serve(tree: Path, host: str, port: int, gpu: bool, only: set[str] | None = None) -> None:
+def serve(tree: Path, host: str, port: int, gpu: bool, only: set[str] | None = None,
+          remote: dict[str, str] | None = None) -> None:
     import uvicorn
 
-    platform = Platform(tree, host, gpu, only)
+    platform = Platform(tree, host, gpu, only, remote)
     log.info("platform: nuclio dashboard API on http://%s:%d", host, port)
     uvicorn.run(platform.app(), host=host, port=port, access_log=False, log_level="warning")
