@@ -29,7 +29,7 @@ class LambdaFunction:
     state: str  # nuclio's: ready, building, error, ...
     message: str
     http_port: int
-    workers: int  # its HTTP trigger's workers: how many calls it serves at once
+    workers: int  # how many calls it serves at once: its HTTP trigger's workers times its replicas
 
 
     @property
@@ -41,8 +41,13 @@ class LambdaFunction:
         status = config.get("status") or {}
         triggers = ((config.get("spec") or {}).get("triggers") or {}).values()
         http = next((t for t in triggers if isinstance(t, dict) and t.get("kind") == "http"), {})
-        # numWorkers, or maxWorkers before nuclio 1.13; nuclio's default is one.
-        workers = http.get("numWorkers") or http.get("maxWorkers") or 1
+        # numWorkers, or maxWorkers before nuclio 1.13; nuclio's default is one. On Kubernetes each
+        # replica has that many: count the replicas nuclio always keeps (minReplicas, or a fixed
+        # replicas), so calls in flight grow with the deployment but never outrun it.
+        per_replica = http.get("numWorkers") or http.get("maxWorkers") or 1
+        spec = config.get("spec") or {}
+        replicas = max(int(spec.get("replicas") or 0), int(spec.get("minReplicas") or 0), 1)
+        workers = int(per_replica) * replicas
         # A dashboard that reports no state is taken at its word that the function exists and runs.
         return cls(FunctionMeta.from_nuclio(config), status.get("state") or "ready",
                    status.get("message") or "", int(status.get("httpPort") or 0), int(workers))

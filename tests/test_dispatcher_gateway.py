@@ -3,10 +3,11 @@
 import json
 
 import pytest
+import yaml
 
 from dispatcher import settings as dispatcher_settings
 from dispatcher.gateway import Gateway, GatewayError
-from dispatcher.registry import InvalidFunction, Registry
+from dispatcher.registry import InvalidFunction, LambdaFunction, Registry
 
 from conftest import PROBE, copy_function, free_port, serve_platform
 
@@ -147,3 +148,15 @@ def test_settings_defaults():
     # Bare PostgreSQL URLs mean psycopg 3, the driver the project installs.
     assert dispatcher_settings.load({"DATABASE_URL": "postgresql://db/tasks"}).database_url == \
         "postgresql+psycopg://db/tasks"
+
+
+def test_calls_in_flight_grow_with_the_replicas_nuclio_keeps():
+    """On Kubernetes a function has numWorkers per replica; minReplicas (or fixed replicas) of them
+    are always there, the autoscaler's extra ones may not be."""
+    config = yaml.safe_load((PROBE / "function.yaml").read_text())
+    config["spec"]["triggers"]["myHttpTrigger"]["numWorkers"] = 2
+    assert LambdaFunction.from_config(config).workers == 2
+    config["spec"].update(minReplicas=3, maxReplicas=8)
+    assert LambdaFunction.from_config(config).workers == 6
+    config["spec"].update(replicas=4, minReplicas=None)
+    assert LambdaFunction.from_config(config).workers == 8
