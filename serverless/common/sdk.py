@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import importlib
 import importlib.util
+from importlib.metadata import version as package_version
 import json
 import logging
 import math
@@ -199,8 +200,9 @@ def function_annotations(function, *, name: str) -> dict:
 
 
 def function_yaml(function, *, function_id: str, name: str, description: str, module: str | None = None,
-                  file: str | None = None, parameters: dict | None = None) -> dict:
-    """A complete function.yaml serving ``function`` with ``serverless.common.sdk:handler``.
+                  file: str | None = None, parameters: dict | None = None, base_image: str) -> dict:
+    """A complete function.yaml serving ``function`` with ``serverless.common.sdk:handler``, built by
+    nuclio on ``base_image`` (one of our framework bases: they hold the handler and cvat-sdk).
 
     A tracking function keeps its states in the worker's memory, so it gets one worker."""
     kind = function_kind(function)
@@ -215,6 +217,7 @@ def function_yaml(function, *, function_id: str, name: str, description: str, mo
             "runtime": "python:3.11",
             "handler": "serverless.common.sdk:handler",
             "eventTimeout": "30s",
+            "build": {"image": f"cvat.sdk.{function_id}", "baseImage": base_image},
             "env": env,
             "triggers": {"myHttpTrigger": {
                 "kind": "http", "numWorkers": 1 if kind == "tracker" else 2,
@@ -639,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id", required=True, help="the function id (metadata.name)")
     parser.add_argument("--name", help="the display name (default: the id)")
     parser.add_argument("--description", default="", help="spec.description")
+    parser.add_argument("--base-image", default=f"cvat.autoannotate.openvino:{package_version('cvat-autoannotate')}",
+                        help="nuclio's spec.build.baseImage: one of our framework bases, e.g. cvat.autoannotate.pytorch:"
+                             "<version> for a function that needs torch (default: %(default)s)")
     args = parser.parse_args(argv)
     if (args.function_module is None) == (args.function_file is None):
         parser.error("give exactly one of --function-module and --function-file")
@@ -648,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
                                  parameters)
         document = function_yaml(function, function_id=args.id, name=args.name or args.id,
                                  description=args.description or f"cvat-sdk function {args.function_module or args.function_file}",
-                                 module=args.function_module, file=args.function_file, parameters=parameters)
+                                 module=args.function_module, file=args.function_file, parameters=parameters,
+                                 base_image=args.base_image)
     except (ValueError, TypeError, BadFunctionError, ImportError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
