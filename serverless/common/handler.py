@@ -32,8 +32,9 @@ def read_json_object(body: Any) -> dict:
     raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
 
 
-def read_probability(body: dict, key: str, default: float) -> float:
-    """An optional number in [0, 1]; 0 is a real value (CVAT's threshold-0 defect stays out)."""
+def read_probability(body: dict, key: str, default: float | None) -> float | None:
+    """An optional number in [0, 1]; 0 is a real value (CVAT's threshold-0 defect stays out).
+    Absent: ``default`` (None for a cvat-sdk function, whose own default then applies)."""
     value = body.get(key)
     if value is None:
         return default
@@ -58,7 +59,7 @@ def json_handler(process: Callable[[Any, dict], Any]) -> Callable:
     return handler
 
 
-def detector_handler(detect: Callable[[Any, Any, float, dict], list], default_threshold: float = 0.5) -> Callable:
+def detector_handler(detect: Callable[[Any, Any, float, dict], list], default_threshold: float | None = 0.5) -> Callable:
     """A nuclio handler for a detector: ``detect(context, rgb_image, threshold, body) -> items``.
 
     ``body`` is passed on for model-specific options (text detection's ``pixel_threshold``, say).

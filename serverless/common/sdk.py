@@ -60,7 +60,8 @@ from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common import masks, settings
-from serverless.common.handler import BadRequest, json_handler, read_probability
+from serverless.common.handler import BadRequest, detector_handler, json_handler
+from serverless.common.interactors import Interaction, interactor_handler
 from serverless.common.metadata import FunctionMeta
 
 log = logging.getLogger(__name__)
@@ -448,15 +449,12 @@ def init_context(context):
     kind = function_kind(function)
     context.logger.info(f"Serving cvat-sdk {kind} function "
                         f"{function_settings.sdk_function_module or function_settings.sdk_function_file}")
-    context.user_data.process = {"detector": _detector, "interactor": _interactor, "tracker": _tracker}[kind](function)
-
-
-_json_handler = json_handler(lambda context, body: context.user_data.process(body))
+    context.user_data.handler = {"detector": _detector, "interactor": _interactor, "tracker": _tracker}[kind](function)
 
 
 def handler(context, event):
     try:
-        return _json_handler(context, event)
+        return context.user_data.handler(context, event)
     except BadFunctionError as error:
         # The function broke the SDK's protocol: the function's fault (500), said in words.
         return context.Response(body=f"the cvat-sdk function broke its protocol: {error}",
@@ -464,21 +462,18 @@ def handler(context, event):
 
 
 def _detector(function):
-    from serverless.common.images import decode_image
-
     index = LabelIndex(function.spec.labels)
 
-    def process(body: dict) -> list[dict]:
-        threshold = read_probability(body, "threshold", -1.0)
+    def detect(context, image: Image.Image, threshold: float | None, body: dict) -> list[dict]:
         conv_mask_to_poly = body.get("conv_mask_to_poly", False)
         if not isinstance(conv_mask_to_poly, bool):
             raise BadRequest(f"'conv_mask_to_poly' must be true or false, got {conv_mask_to_poly!r}")
-        image = decode_image(body.get("image"))
-        context = detection_context(str(body.get("frame_name", "")), None if threshold < 0 else threshold,
-                                    conv_mask_to_poly)
-        return detection_items(index, function.detect(context, image), image.size, conv_mask_to_poly=conv_mask_to_poly)
+        sdk_context = detection_context("", threshold, conv_mask_to_poly)  # CVAT sends no frame name
+        return detection_items(index, function.detect(sdk_context, image), image.size,
+                               conv_mask_to_poly=conv_mask_to_poly)
 
-    return process
+    # No threshold in the request: None, the function's own default (the SDK's conf_threshold).
+    return detector_handler(detect, default_threshold=None)
 
 
 class _Prompts(InteractionPrompts):
@@ -513,17 +508,10 @@ class _PreprocessedImages:
 
 
 def _interactor(function):
-    from serverless.common.interactors import read_interaction, mask_reply, rle_reply, MASK_FORMATS
-
     spec, context = function.spec, _NoContext()
     preprocessed = _PreprocessedImages(function, context)
 
-    def process(body: dict) -> dict:
-        mask_format = body.get("mask_format", "full")
-        if mask_format not in MASK_FORMATS:
-            raise BadRequest(f"'mask_format' must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
-        interaction = read_interaction(body, min_pos_points=spec.min_pos_points,
-                                       box_required=spec.min_bounding_boxes == 1)
+    def segment(_, interaction: Interaction) -> np.ndarray:
         negatives = len(interaction.neg_points)
         if spec.min_neg_points is None and negatives:
             raise BadRequest("'neg_points': this interactor takes no negative points")
@@ -541,9 +529,9 @@ def _interactor(function):
         for result in shapes:
             if value(result.type) == "mask":
                 mask |= decode_mask(result.points, image_width=width, image_height=height)
-        return mask_reply(mask) if mask_format == "full" else rle_reply(mask)
+        return mask
 
-    return process
+    return interactor_handler(segment, min_pos_points=spec.min_pos_points, box_required=spec.min_bounding_boxes == 1)
 
 
 class _TrackingContext(TrackingFunctionContext):
@@ -607,7 +595,7 @@ def _tracker(function):
             reply_states.append(state_id)
         return {"shapes": reply_shapes, "states": reply_states}
 
-    return process
+    return json_handler(lambda context, body: process(body))
 
 
 def _trackable(shape, index: int, supported: set[str]) -> TrackableShape:
