@@ -156,6 +156,26 @@ def copy_function(source: Path, destination: Path, **changes) -> Path:
     return destination
 
 
+class StateDictShapes(dict):
+    """A PyTorch state dict's names and shapes, written down module by module as a model's official
+    code builds it, so checkpoint tests never take them from the code under test."""
+
+    def __init__(self, *, batches_tracked: bool):
+        super().__init__()
+        self.batches_tracked = batches_tracked  # BatchNorm2d's num_batches_tracked (newer than some checkpoints)
+
+    def conv(self, name: str, out_channels: int, in_channels: int, kernel: int, bias: bool = False):
+        self[f"{name}.weight"] = (out_channels, in_channels, kernel, kernel)
+        if bias:
+            self[f"{name}.bias"] = (out_channels,)
+
+    def bn(self, name: str, channels: int):
+        for part in ("weight", "bias", "running_mean", "running_var"):
+            self[f"{name}.{part}"] = (channels,)
+        if self.batches_tracked:
+            self[f"{name}.num_batches_tracked"] = ()
+
+
 @pytest.fixture(scope="session")
 def face_models():
     """The face function's weights must be in place (scripts/setup.sh mirrors them)."""

@@ -24,7 +24,7 @@ from serverless.common.handler import BadRequest
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, function_module, serve_function
+from conftest import REPO, TESTDATA, StateDictShapes, function_module, serve_function
 
 DEXTR_FUNCTION = REPO / "serverless/openvino/dextr/nuclio"
 BUS = TESTDATA / "ultralytics/bus.jpg"
@@ -44,14 +44,8 @@ def official_shapes() -> dict[str, tuple[int, ...]]:
     ``num_batches_tracked`` (newer than the checkpoint), by deeplab_resnet.py's construction: convs
     without bias except PSP's ``final``; each nn.BatchNorm2d a weight, bias, mean and variance;
     a ``downsample`` (conv, BN) on the first block of every layer; PSP stages (pool, conv, BN, ReLU)."""
-    shapes = {}
-
-    def conv(name, out_channels, in_channels, kernel):
-        shapes[f"{name}.weight"] = (out_channels, in_channels, kernel, kernel)
-
-    def batch_norm(name, channels):
-        for part in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{name}.{part}"] = (channels,)
+    shapes = StateDictShapes(batches_tracked=False)
+    conv, batch_norm = shapes.conv, shapes.bn
 
     conv("conv1", 64, 4, 7)
     batch_norm("bn1", 64)

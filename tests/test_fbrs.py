@@ -22,7 +22,7 @@ from PIL import Image
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, copy_function, function_module, serve_function
+from conftest import REPO, TESTDATA, StateDictShapes, copy_function, function_module, serve_function
 
 FBRS_FUNCTION = REPO / "serverless/pytorch/saic-vul/fbrs/nuclio"
 ASTRONAUT = TESTDATA / "skimage/astronaut.png"  # 512 x 512
@@ -43,16 +43,8 @@ def isegm_shapes() -> dict[str, tuple[int, ...]]:
     """Every tensor of isegm's get_deeplab_model('resnet101', deeplab_ch=256) state dict (BN batch
     counters aside), by isegm's module structure: DistMapsModel(rgb_conv, feature_extractor =
     DeepLabV3Plus(backbone = ResNetBackbone(resnet101_v1s), head, skip_project, aspp), head = SepConvHead)."""
-    shapes = {}
-
-    def conv(name, out_channels, in_channels, kernel, bias=False):
-        shapes[f"{name}.weight"] = (out_channels, in_channels, kernel, kernel)
-        if bias:
-            shapes[f"{name}.bias"] = (out_channels,)
-
-    def bn(name, channels):
-        for part in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{name}.{part}"] = (channels,)
+    shapes = StateDictShapes(batches_tracked=False)
+    conv, bn = shapes.conv, shapes.bn
 
     def separable(name, in_channels, out_channels):  # body: depthwise, pointwise, BN, ReLU
         shapes[f"{name}.body.0.weight"] = (in_channels, 1, 3, 3)

@@ -20,7 +20,7 @@ from PIL import Image
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, function_module, serve_function
+from conftest import REPO, TESTDATA, StateDictShapes, function_module, serve_function
 
 HRNET_FUNCTION = REPO / "serverless/pytorch/saic-vul/hrnet/nuclio"
 ASTRONAUT = TESTDATA / "skimage/astronaut.png"  # 512 x 512
@@ -50,17 +50,8 @@ def ritm_shapes(width=18, ocr_width=64, small=False) -> dict[str, tuple[int, ...
     """Every state_dict entry of RITM's HRNetModel (use_rgb_conv=False, with_prev_mask=True), by
     RITM's module layout: BatchNorm2d everywhere (with num_batches_tracked), bias-free convs except
     maps_transform, conv3x3_ocr, cls_head and aux_head."""
-    shapes = {}
-
-    def conv(name, out_channels, in_channels, kernel, bias=False):
-        shapes[f"{name}.weight"] = (out_channels, in_channels, kernel, kernel)
-        if bias:
-            shapes[f"{name}.bias"] = (out_channels,)
-
-    def bn(name, channels):
-        for part in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{name}.{part}"] = (channels,)
-        shapes[f"{name}.num_batches_tracked"] = ()
+    shapes = StateDictShapes(batches_tracked=True)
+    conv, bn = shapes.conv, shapes.bn
 
     conv("maps_transform.0", 16, 3, 1, bias=True)  # prev mask + positive + negative disks
     conv("maps_transform.2", 64, 16, 3, bias=True)

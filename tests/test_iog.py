@@ -20,7 +20,7 @@ from PIL import Image
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, copy_function, function_module, serve_function
+from conftest import REPO, TESTDATA, StateDictShapes, copy_function, function_module, serve_function
 
 IOG_FUNCTION = REPO / "serverless/pytorch/shiyinzhang/iog/nuclio"
 CHELSEA = TESTDATA / "skimage/chelsea.png"  # 451 x 300 (W x H)
@@ -32,15 +32,8 @@ def official_shapes() -> dict[str, tuple[int, ...]]:
     """Every state_dict entry of the official Network(nInputChannels=5, num_classes=1, resnet101,
     output_stride=16): convs without bias, BatchNorm2d with weight, bias, running stats and
     num_batches_tracked; nn.Sequential children named by index."""
-    shapes = {}
-
-    def conv(name, out_channels, in_channels, kernel):
-        shapes[f"{name}.weight"] = (out_channels, in_channels, kernel, kernel)
-
-    def bn(name, channels):
-        for part in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{name}.{part}"] = (channels,)
-        shapes[f"{name}.num_batches_tracked"] = ()
+    shapes = StateDictShapes(batches_tracked=True)
+    conv, bn = shapes.conv, shapes.bn
 
     def bottleneck(name, in_channels, width, expansion, downsample):
         conv(f"{name}.conv1", width, in_channels, 1), bn(f"{name}.bn1", width)
