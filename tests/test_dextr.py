@@ -68,8 +68,7 @@ def official_shapes() -> dict[str, tuple[int, ...]]:
         batch_norm(f"layer5.stages.{stage}.2", 512)
     conv("layer5.bottleneck.0", 512, 4096, 1)
     batch_norm("layer5.bottleneck.1", 512)
-    conv("layer5.final", 1, 512, 1)
-    shapes["layer5.final.bias"] = (1,)
+    conv("layer5.final", 1, 512, 1, bias=True)
     return shapes
 
 
