@@ -1,5 +1,5 @@
 """The interactors' shared pieces: request reading, click maps against hand-computed values, crop
-and paste-back geometry, the reply."""
+and paste-back geometry, the confidence, the replies."""
 
 import math
 
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from serverless.common.handler import BadRequest
-from serverless.common.interactors import (gaussian_heatmap, interactor_handler, mask_reply, normalise_255,
-                                           padded_box, paste, read_box, read_points, rle_reply)
+from serverless.common.interactors import (Segmentation, gaussian_heatmap, interactor_handler, mask_reply,
+                                           mean_probability, normalise_255, padded_box, paste, read_box, read_points,
+                                           rle_reply, shapes_reply)
 
 
 def test_points_are_read_and_checked():
@@ -79,7 +80,32 @@ def test_the_compact_reply_is_cvats_stored_rle():
     assert rle_reply(np.zeros((2, 3))) == {"rle": [], "size": [2, 3]}
 
 
-def test_an_interactor_handler_answers_cvats_reply_or_the_compact_one(tmp_path):
+def test_confidence_is_the_mean_probability_over_the_mask():
+    probabilities = np.array([[0.2, 0.9], [0.6, 0.1]], np.float32)
+    assert mean_probability(probabilities, np.array([[0, 1], [255, 0]])) == pytest.approx((0.9 + 0.6) / 2)
+    assert mean_probability(probabilities, np.zeros((2, 2))) == 0.0
+    above = Segmentation.above(probabilities, 0.6)  # strictly above: 0.6 itself is background
+    assert above.mask.tolist() == [[False, True], [False, False]] and above.confidence == pytest.approx(0.9)
+    assert Segmentation.above(probabilities, 0.95).confidence == 0.0
+    for confidence in (-0.1, 1.01, math.nan):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            Segmentation(np.ones((1, 1)), confidence)
+
+
+def test_the_shapes_reply_is_one_mask_shape_with_its_confidence():
+    mask = np.zeros((4, 5), dtype=np.uint8)
+    mask[1, 1:3] = 1
+    mask[2, 2:4] = 7  # any non-zero value is the object
+    # Box (1, 1)-(3, 2) inclusive, 3 x 2: pixels 1 1 0 | 0 1 1, runs from a background run of 0.
+    points = [0, 2, 2, 2, 1, 1, 3, 2]
+    assert rle_reply(mask)["rle"] == points
+    assert shapes_reply(Segmentation(mask, 2 / 3)) == {
+        "shapes": [{"type": "mask", "points": points, "attributes": [{"spec_id": 0, "value": "0.6667"}]}]}
+    assert shapes_reply(Segmentation(mask, 1.0))["shapes"][0]["attributes"] == [{"spec_id": 0, "value": "1.0000"}]
+    assert shapes_reply(Segmentation(np.zeros((2, 3)), 0.0)) == {"shapes": []}
+
+
+def test_an_interactor_handler_answers_each_mask_format_and_ignores_text_prompts(tmp_path):
     """The handler over a real nuclio-sdk Context and Event, with a segment that marks the box."""
     import base64
     import io
@@ -92,7 +118,7 @@ def test_an_interactor_handler_answers_cvats_reply_or_the_compact_one(tmp_path):
         x1, y1, x2, y2 = (int(v) for v in interaction.box)
         mask = np.zeros(interaction.shape, dtype=bool)
         mask[y1:y2, x1:x2] = True
-        return mask
+        return Segmentation(mask, 0.75)
 
     handler = interactor_handler(segment, box_required=True)
     buffer = io.BytesIO()
@@ -107,6 +133,16 @@ def test_an_interactor_handler_answers_cvats_reply_or_the_compact_one(tmp_path):
     assert reply.status_code == 200 and json.loads(reply.body)["mask"] == [[0, 255, 255, 0, 0]] * 2 + [[0] * 5]
     compact = json.loads(call(obj_bbox=[1, 0, 3, 2], mask_format="cvat_rle").body)
     assert compact == {"rle": [0, 4, 1, 0, 2, 1], "size": [3, 5]}  # 2 x 2 of object at columns 1-2, rows 0-1
+    shapes = json.loads(call(obj_bbox=[1, 0, 3, 2], mask_format="shapes").body)
+    assert shapes == {"shapes": [{"type": "mask", "points": [0, 4, 1, 0, 2, 1],
+                                  "attributes": [{"spec_id": 0, "value": "0.7500"}]}]}
+    # CVAT 2.60+ may send text prompts (any JSON value); none of ours reads them.
+    for mask_format in ("full", "cvat_rle", "shapes"):
+        plain = call(obj_bbox=[1, 0, 3, 2], mask_format=mask_format)
+        for prompts in (["a cat"], "cat", {"text": "cat"}, None):
+            prompted = call(obj_bbox=[1, 0, 3, 2], mask_format=mask_format, text_prompts=prompts)
+            assert (prompted.status_code, prompted.body) == (plain.status_code, plain.body)
     assert (call(obj_bbox=None).status_code, call(obj_bbox=None).body) == (
         400, "'obj_bbox' is required: this interactor starts from the object's box, [[x1, y1], [x2, y2]]")
-    assert call(obj_bbox=[1, 0, 3, 2], mask_format="png").body == "'mask_format' must be one of full, cvat_rle, got 'png'"
+    assert call(obj_bbox=[1, 0, 3, 2], mask_format="png").body == (
+        "'mask_format' must be one of full, cvat_rle, shapes, got 'png'")

@@ -4,7 +4,8 @@ The official checkpoint (dextr_pascal-sbd.pth) is not on this machine, so the te
 one in its format (a bare state dict of tensors), with the names and shapes derived here from
 DEXTR-PyTorch's networks/deeplab_resnet.py, not from the code under test, and export it once through
 export_dextr.py to an IR in a temporary directory. Crop box, heatmap, threshold and paste-back are
-checked against values worked out by hand; the function is served for real and called over HTTP.
+checked against values worked out by hand; the function is served for real and called over HTTP,
+its shapes reply's confidence checked against the IR's probabilities in this process.
 """
 
 import base64
@@ -17,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common import settings as function_settings
@@ -303,7 +305,25 @@ def test_served_function_round_trip(dextr_function, dextr):
     assert 0.05 < (mask[expected == 255] == 255).mean() < 0.95
     # What the model class gives in this process, pixel for pixel: nothing lost or transposed on the way.
     in_process = dextr.segment(Interaction(bus_crop(), POINTS, np.zeros((0, 2)), None, mh.THRESHOLD))
-    np.testing.assert_array_equal(mask, in_process.astype(int) * 255)
+    np.testing.assert_array_equal(mask, in_process.mask.astype(int) * 255)
+
+
+def test_shapes_reply_is_the_mask_with_the_mean_probability_above_the_threshold(dextr_function, dextr):
+    body = {"image": png_b64(bus_crop()), "pos_points": POINTS.tolist()}
+    full = np.array(dextr_function.http.post("/", json=body).json()["mask"])
+    # With CVAT 2.60+'s text prompts, which DEXTR ignores.
+    reply = dextr_function.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": "bus"})
+    assert reply.status_code == 200, reply.text
+    (shape,) = reply.json()["shapes"]
+    assert shape["type"] == "mask"
+    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=300, image_height=200), full == 255)
+    (attribute,) = shape["attributes"]
+    assert attribute["spec_id"] == 0
+    # The 512 x 512 probabilities above 0.8, from the same IR in this process.
+    (probabilities,) = dextr.model.infer(mh.network_input(bus_crop(), POINTS, BOX)).values()
+    foreground = probabilities[probabilities > mh.THRESHOLD]
+    assert foreground.size and mh.THRESHOLD < float(attribute["value"]) <= 1
+    assert float(attribute["value"]) == pytest.approx(foreground.mean(dtype=np.float64), abs=1e-4)
 
 
 @pytest.mark.parametrize("change, message", [

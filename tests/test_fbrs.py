@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common.interactors import Interaction
@@ -343,14 +344,16 @@ def test_mask_is_probability_above_the_request_threshold_in_image_orientation(fb
     probabilities = mh.predict_probabilities(fbrs.network, fbrs.normalise(image), [mh.Click(True, 5.0, 30.0)], 0.3)
     masks = {}
     for threshold in (0.3, 0.7):
-        masks[threshold] = fbrs.segment(interaction(image, pos=[[30, 5]], threshold=threshold))
+        result = fbrs.segment(interaction(image, pos=[[30, 5]], threshold=threshold))
+        masks[threshold] = result.mask
         assert masks[threshold].shape == (24, 40)
-    np.testing.assert_array_equal(masks[0.3], probabilities > 0.3)  # one click: no refinement, same map
-    np.testing.assert_array_equal(masks[0.7], probabilities > 0.7)
+        # One click: no refinement, so the same map; the confidence is its mean over the mask.
+        np.testing.assert_array_equal(masks[threshold], probabilities > threshold)
+        assert result.confidence == pytest.approx(probabilities[probabilities > threshold].mean(dtype=np.float64))
     assert masks[0.3].sum() > masks[0.7].sum() > 0
     # Flip averaging makes the predictor mirror-symmetric: x is the column, not the row.
     mirrored = fbrs.segment(interaction(image[:, ::-1], pos=[[40 - 1 - 30, 5]], threshold=0.3))
-    np.testing.assert_array_equal(mirrored, masks[0.3][:, ::-1])
+    np.testing.assert_array_equal(mirrored.mask, masks[0.3][:, ::-1])
 
 
 # --- the served function ------------------------------------------------------------------------------
@@ -377,7 +380,7 @@ def test_served_function_answers_a_full_image_mask(fbrs_function, fbrs):
     assert reply.headers["content-type"] == "application/json"
     mask = np.asarray(reply.json()["mask"])
     assert mask.shape == (40, 64) and set(np.unique(mask)) <= {0, 255}
-    expected = fbrs.segment(interaction(image, pos=[[20, 30]], neg=[[60, 2]]))
+    expected = fbrs.segment(interaction(image, pos=[[20, 30]], neg=[[60, 2]])).mask
     assert (mask.astype(bool) == expected).mean() > 0.99  # same computation, other process
 
     # Longer than 800 px: predicted at 800 and answered at the image's own size; default threshold.
@@ -385,6 +388,22 @@ def test_served_function_answers_a_full_image_mask(fbrs_function, fbrs):
     reply = fbrs_function.http.post("/", json={"image": png_b64(strip), "pos_points": [[700, 8]], "neg_points": []})
     assert reply.status_code == 200, reply.text
     assert np.asarray(reply.json()["mask"]).shape == (16, 850)
+
+
+def test_shapes_reply_is_the_mask_with_the_mean_probability_over_it(fbrs_function, fbrs):
+    image = small_image(64, 40)
+    body = {"image": png_b64(image), "pos_points": [[20, 30]], "neg_points": [], "threshold": 0.3}  # one click: fast
+    full = np.asarray(fbrs_function.http.post("/", json=body).json()["mask"])
+    # With CVAT 2.60+'s text prompts, which f-BRS ignores.
+    reply = fbrs_function.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": ["a shoulder"]})
+    assert reply.status_code == 200, reply.text
+    (shape,) = reply.json()["shapes"]
+    assert shape["type"] == "mask"
+    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=64, image_height=40), full == 255)
+    (attribute,) = shape["attributes"]
+    expected = fbrs.segment(interaction(image, pos=[[20, 30]], threshold=0.3)).confidence
+    assert attribute["spec_id"] == 0 and 0.3 < float(attribute["value"]) <= 1
+    assert float(attribute["value"]) == pytest.approx(expected, abs=1e-3)  # same computation, other process
 
 
 @pytest.mark.parametrize("change, message", [

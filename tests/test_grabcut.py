@@ -1,19 +1,22 @@
 """opencv-grabcut ("GrabCut", ours): OpenCV's GrabCut as a box-and-click interactor, no weights.
 
 Synthetic images whose answer is known (a bright disk on a dark, noisy background; two touching
-shapes a negative click separates) check the geometry and the clicks; the function is served for
-real and called over HTTP; the click protocol of scripts/eval_interactor.py runs on composites of
-real photos with an exact ground truth, against floors a little below what was measured.
+shapes a negative click separates) check the geometry and the clicks; the confidence (the colour
+models' posterior) is checked by hand and on OpenCV's own models; the function is served for real
+and called over HTTP; the click protocol of scripts/eval_interactor.py runs on composites of real
+photos with an exact ground truth, against floors a little below what was measured.
 """
 
 import base64
 import io
+import math
 import runpy
 
 import cv2
 import numpy as np
 import pytest
 import yaml
+from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common.handler import BadRequest
@@ -75,7 +78,7 @@ def test_function_yaml_is_an_interactor_that_starts_from_a_box_or_clicks():
 
 def test_a_click_inside_a_disk_finds_the_disk():
     image, truth = disk_scene()
-    mask = mh.GrabCut().segment(interaction(image, pos=[(205, 75)])) != 0
+    mask = mh.GrabCut().segment(interaction(image, pos=[(205, 75)])).mask != 0
     assert mask.shape == truth.shape
     assert iou(mask, truth) > 0.9
 
@@ -83,7 +86,7 @@ def test_a_click_inside_a_disk_finds_the_disk():
 def test_a_box_alone_gives_the_object_inside_the_box_on_a_non_square_image():
     image, truth = disk_scene(height=120, width=260, centre=(190, 50), radius=35)
     box = (145.0, 10.0, 236.0, 96.0)  # x1, y1, x2, y2 around the disk, right of centre, near the top
-    mask = mh.GrabCut().segment(interaction(image, box=box)) != 0
+    mask = mh.GrabCut().segment(interaction(image, box=box)).mask != 0
     assert mask.shape == (120, 260)  # H x W, not W x H
     rows, cols = np.nonzero(mask)
     assert cols.min() >= 145 and cols.max() < 236 and rows.min() >= 10 and rows.max() < 96
@@ -93,7 +96,7 @@ def test_a_box_alone_gives_the_object_inside_the_box_on_a_non_square_image():
 def test_a_box_alone_on_a_real_photo_stays_inside_the_box():
     astronaut = np.asarray(Image.open(TESTDATA / "skimage/astronaut.png").convert("RGB"))
     box = (150.0, 20.0, 330.0, 240.0)  # the head and shoulders
-    mask = mh.GrabCut().segment(interaction(astronaut, box=box)) != 0
+    mask = mh.GrabCut().segment(interaction(astronaut, box=box)).mask != 0
     rows, cols = np.nonzero(mask)
     assert cols.min() >= 150 and cols.max() < 330 and rows.min() >= 20 and rows.max() < 240
     assert 0.2 < mask[20:240, 150:330].mean() < 0.95
@@ -107,9 +110,9 @@ def test_a_negative_click_removes_a_region():
     image[red], image[green] = (220, 40, 40), (40, 200, 60)
     box = (20.0, 30.0, 180.0, 130.0)
     model = mh.GrabCut()
-    both = model.segment(interaction(image, pos=[(70, 80)], box=box)) != 0
+    both = model.segment(interaction(image, pos=[(70, 80)], box=box)).mask != 0
     assert both[green].mean() > 0.9 and both[red].mean() > 0.9
-    without_green = model.segment(interaction(image, pos=[(70, 80)], neg=[(140, 80)], box=box)) != 0
+    without_green = model.segment(interaction(image, pos=[(70, 80)], neg=[(140, 80)], box=box)).mask != 0
     assert without_green[green].mean() < 0.05 and without_green[red].mean() > 0.9
 
 
@@ -118,8 +121,8 @@ def test_a_positive_click_outside_the_box_is_part_of_the_object():
     image, truth = disk_scene()
     box = (160.0, 20.0, 262.0, 118.0)
     model = mh.GrabCut()
-    assert model.segment(interaction(image, box=box))[70, 150] == 0
-    with_click = model.segment(interaction(image, pos=[(150, 70)], box=box)) != 0
+    assert model.segment(interaction(image, box=box)).mask[70, 150] == 0
+    with_click = model.segment(interaction(image, pos=[(150, 70)], box=box)).mask != 0
     assert with_click[70, 150]
 
 
@@ -138,6 +141,58 @@ def test_region_and_crop_geometry():
     # A box over the whole crop: the outer ring becomes probable background to learn from.
     whole = mh.rectangle_labels((6, 4), (0, 0), (5, 3))
     assert (whole[[0, -1], :] == cv2.GC_PR_BGD).all() and (whole[1:3, 1:5] == cv2.GC_PR_FGD).all()
+
+
+def colour_model(*components: tuple[float, tuple[float, float, float], float]) -> np.ndarray:
+    """A 1 x 65 model in cv2.grabCut's layout from (weight, mean, variance) components, isotropic
+    covariances; unused components have weight 0 and an all-zero (singular) covariance."""
+    weights, means, covariances = np.zeros(5), np.zeros((5, 3)), np.zeros((5, 3, 3))
+    for index, (weight, mean, variance) in enumerate(components):
+        weights[index], means[index], covariances[index] = weight, mean, variance * np.eye(3)
+    return np.concatenate([weights, means.ravel(), covariances.ravel()])[None]
+
+
+def test_object_posterior_by_hand():
+    grey = (100.0, 100.0, 100.0)
+    background = colour_model((1.0, grey, 100.0))
+    wide = colour_model((1.0, grey, 400.0))
+    # Same mean, 4 times the variance per channel: at the mean the densities are in the ratio of
+    # det^(-1/2), (4^3)^(-1/2) = 1/8, so the object's posterior is 1/9.
+    pixels = np.array([[grey, (160.0, 100.0, 100.0)]], np.uint8)
+    posterior = mh.object_posterior(pixels, background, wide)
+    assert posterior.shape == (1, 2) and posterior[0, 0] == pytest.approx(1 / 9)
+    # 60 off in one channel: squared distances 9 (object) and 36 (background), ratio 8 exp(-13.5).
+    assert posterior[0, 1] == pytest.approx(1 / (1 + 8 * math.exp(-13.5)))
+    # Weights are read: two halves of the same component are that component.
+    halves = colour_model((0.5, grey, 400.0), (0.5, grey, 400.0))
+    np.testing.assert_allclose(mh.object_posterior(pixels, background, halves), posterior)
+    # Far from both models the ratio stays finite (log domain): black is background here.
+    far = mh.object_posterior(np.zeros((1, 1, 3), np.uint8), colour_model((1.0, grey, 1.0)),
+                              colour_model((1.0, (255.0, 255.0, 255.0), 1.0)))
+    assert far[0, 0] == 0.0
+
+
+def test_posterior_reads_opencvs_colour_models():
+    """On the models cv2.grabCut itself fitted: the object model's weighted mean is the disk's
+    colour, and the posterior separates the disk from the background."""
+    image, truth = disk_scene()
+    labels = mh.rectangle_labels((300, 180), (160, 20), (261, 117))
+    models = mh.initial_models(image, labels)
+    cv2.grabCut(image, labels, None, *models, mh.ITERATIONS, cv2.GC_EVAL)
+    background, object_ = (model.ravel() for model in models)
+    assert object_[:5].sum() == pytest.approx(1) and background[:5].sum() == pytest.approx(1)
+    assert (object_[:5, None] * object_[5:20].reshape(5, 3)).sum(0) == pytest.approx([210] * 3, abs=3)
+    posterior = mh.object_posterior(image, *models)
+    assert posterior[truth].mean() > 0.99 and posterior[~truth].mean() < 0.01
+
+
+def test_confidence_is_the_mean_posterior_over_the_mask():
+    image, _ = disk_scene()
+    boxed = mh.GrabCut().segment(interaction(image, box=(160.0, 20.0, 262.0, 118.0)))
+    assert boxed.confidence > 0.99  # two well-separated colours at full resolution
+    # Click only: the wider crop is shrunk to 256 px, and the disk's edge pixels blend both colours.
+    clicked = mh.GrabCut().segment(interaction(image, pos=[(205, 75)]))
+    assert 0.9 < clicked.confidence < boxed.confidence
 
 
 def test_bad_input_is_refused_with_a_reason():
@@ -172,6 +227,21 @@ def test_http_round_trip_and_400s(grabcut):
     for request, message in bad:
         reply = grabcut.http.post("/", json=request)
         assert reply.status_code == 400 and message in reply.text, (request.get("pos_points"), reply.text)
+
+
+def test_shapes_reply_is_the_mask_with_its_confidence(grabcut):
+    image, _ = disk_scene()
+    body = {"image": png_b64(image), "pos_points": [[205, 75]], "neg_points": [], "obj_bbox": None}
+    full = np.asarray(grabcut.http.post("/", json=body).json()["mask"])
+    # With CVAT 2.60+'s text prompts, which GrabCut ignores.
+    reply = grabcut.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": ["a white disk"]})
+    assert reply.status_code == 200, reply.text
+    (shape,) = reply.json()["shapes"]
+    assert shape["type"] == "mask"
+    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=300, image_height=180), full == 255)
+    # Deterministic: the same digits as in this process.
+    expected = mh.GrabCut().segment(interaction(image, pos=[(205, 75)])).confidence
+    assert shape["attributes"] == [{"spec_id": 0, "value": f"{expected:.4f}"}]
 
 
 def test_click_protocol_accuracy_on_composites_over_http():

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common.interactors import Interaction
@@ -370,9 +371,10 @@ def test_mask_is_probability_strictly_above_the_threshold(network, monkeypatch):
     monkeypatch.setattr(mh, "predict", lambda network, image, clicks: probs)
     interaction = lambda threshold: Interaction(np.zeros((2, 2, 3), np.uint8), np.array([[0.0, 0.0]]),
                                                 np.zeros((0, 2)), None, threshold)
-    assert model.segment(interaction(0.5)).tolist() == [[False, False], [True, True]]
-    assert model.segment(interaction(0.0)).tolist() == [[True, True], [True, True]]
-    assert model.segment(interaction(0.9)).tolist() == [[False, False], [False, False]]
+    assert model.segment(interaction(0.5)).mask.tolist() == [[False, False], [True, True]]
+    assert model.segment(interaction(0.0)).mask.tolist() == [[True, True], [True, True]]
+    assert model.segment(interaction(0.9)).mask.tolist() == [[False, False], [False, False]]
+    assert model.segment(interaction(0.5)).confidence == pytest.approx((0.50001 + 0.9) / 2)
 
 
 # --- the served function ------------------------------------------------------------------------
@@ -397,6 +399,23 @@ def test_served_function_answers_a_full_image_mask(hrnet_function):
     everything = np.array(hrnet_function.http.post("/", json={**body, "threshold": 0.0}).json()["mask"])
     nothing = np.array(hrnet_function.http.post("/", json={**body, "threshold": 1.0}).json()["mask"])
     assert (everything >= mask).all() and (everything == 255).any() and not nothing.any()
+
+
+def test_shapes_reply_is_the_mask_with_the_mean_probability_over_it(hrnet_function, network):
+    image = np.asarray(Image.open(ASTRONAUT).convert("RGB"))[60:124, 150:246]  # 64 high, 96 wide
+    body = {"image": png_b64(image), "pos_points": [[60, 20]], "neg_points": [], "obj_bbox": None, "threshold": 0.3}
+    full = np.array(hrnet_function.http.post("/", json=body).json()["mask"])
+    # With CVAT 2.60+'s text prompts, which HRNET ignores.
+    reply = hrnet_function.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": ["astronaut"]})
+    assert reply.status_code == 200, reply.text
+    (shape,) = reply.json()["shapes"]
+    assert shape["type"] == "mask"
+    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=96, image_height=64), full == 255)
+    (attribute,) = shape["attributes"]
+    # The probabilities above the threshold, from the same checkpoint in this process.
+    probabilities = mh.predict(network, image, [mh.Click(20.0, 60.0, True)])
+    assert attribute["spec_id"] == 0 and 0.3 < float(attribute["value"]) <= 1
+    assert float(attribute["value"]) == pytest.approx(probabilities[full == 255].mean(dtype=np.float64), abs=1e-3)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common.interactors import Interaction
@@ -286,8 +287,31 @@ def test_served_function_round_trip(iog_function, model):
     # The served mask is what the same checkpoint gives in process (default threshold 0.8).
     interaction = Interaction(np.asarray(image), np.array([[240.0, 100.0]]), np.array([[150.0, 30.0]]),
                               (140.0, 20.0, 330.0, 180.0), mh.DEFAULT_THRESHOLD)
-    expected = model.segment(interaction) * 255
+    expected = model.segment(interaction).mask * 255
     assert np.mean(mask != expected) < 1e-3  # threads may round a pixel on the threshold differently
+
+
+def test_shapes_reply_is_the_mask_with_the_mean_sigmoid_of_the_output(iog_function, model):
+    image = Image.open(CHELSEA).convert("RGB")  # 451 x 300
+    body = {"image": png_b64(image), "obj_bbox": [[140, 20], [330, 180]], "pos_points": [[240, 100]],
+            "neg_points": [[150, 30]]}
+    full = np.array(iog_function.http.post("/", json=body).json()["mask"])
+    # With CVAT 2.60+'s text prompts, which IOG ignores.
+    reply = iog_function.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": ["a cat"]})
+    assert reply.status_code == 200, reply.text
+    (shape,) = reply.json()["shapes"]
+    assert shape["type"] == "mask"
+    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=451, image_height=300), full == 255)
+    (attribute,) = shape["attributes"]
+    # The output is a logit: its sigmoid, averaged where the output is above the default 0.8,
+    # from the same checkpoint in this process. Each of those is above sigmoid(0.8).
+    crop = mh.crop_box((140.0, 20.0, 330.0, 180.0), (300, 451))
+    inputs = mh.network_input(np.asarray(image), np.array([[240.0, 100.0]]), np.array([[150.0, 30.0]]), crop)
+    with torch.inference_mode():
+        logits = model.network(inputs.contiguous(memory_format=torch.channels_last))[0, 0].numpy()
+    expected = np.mean(1 / (1 + np.exp(-logits[logits > mh.DEFAULT_THRESHOLD].astype(np.float64))))
+    assert attribute["spec_id"] == 0 and 1 / (1 + math.exp(-0.8)) < float(attribute["value"]) <= 1
+    assert float(attribute["value"]) == pytest.approx(expected, abs=1e-3)  # threads may round differently
 
 
 @pytest.mark.parametrize("change, message", [

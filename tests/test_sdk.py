@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shlex
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import cvat_sdk.auto_annotation as cvataa
 import numpy as np
 import pytest
 from cvat_sdk.core.helpers import DeferredTqdmProgressReporter
-from cvat_sdk.masks import encode_mask
+from cvat_sdk.masks import decode_mask, encode_mask
 from cvat_sdk.models import AttributeValRequest, SubLabeledShapeRequest
 from PIL import Image
 
@@ -273,6 +275,60 @@ def test_served_interaction_function_is_a_cvat_interactor(stack):
     too_few = stack.error("POST", "/api/lambda/functions/sdk-discs", 400,
                           json={"task": task["id"], "frame": 0, "pos_points": [], "neg_points": []})
     assert "'pos_points' needs at least 1 point" in too_few
+
+
+def test_served_interaction_function_answers_cvats_shapes_reply(platform):
+    import httpx
+
+    port = platform.get_json("/api/functions/sdk-discs")["status"]["httpPort"]
+    body = {"image": base64.b64encode(COFFEE.read_bytes()).decode(), "pos_points": [[100, 100]], "neg_points": []}
+    full = np.array(httpx.post(f"http://127.0.0.1:{port}/", json=body, timeout=30).json()["mask"])
+    # With CVAT 2.60+'s text prompts, which the function is not given (the SDK has no place for them).
+    reply = httpx.post(f"http://127.0.0.1:{port}/", json={**body, "mask_format": "shapes", "text_prompts": ["a cup"]},
+                       timeout=30)
+    assert reply.status_code == 200, reply.text
+    (shape,) = reply.json()["shapes"]
+    assert shape["type"] == "mask"
+    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=600, image_height=400), full == 255)
+    assert shape["attributes"] == [{"spec_id": 0, "value": "1.0000"}]  # discs.py reports no confidence
+
+
+def test_interaction_confidence_is_the_shapes_own_weighted_by_their_pixels():
+    import nuclio_sdk
+
+    def block(x1, y1, x2, y2, *confidence):
+        mask = np.zeros((6, 10), dtype=bool)
+        mask[y1:y2, x1:x2] = True
+        attributes = [AttributeValRequest(spec_id=cvataa.InteractionResultAttributes.CONFIDENCE, value=value)
+                      for value in confidence]
+        return cvataa.InteractionResultShape(type="mask", points=encode_mask(mask), attributes=attributes)
+
+    results = []
+    function = types.SimpleNamespace(spec=cvataa.InteractionFunctionSpec(min_pos_points=1, min_neg_points=0),
+                                     detect=lambda context, image, prompts: results)
+    handler = sdk._interactor(function)
+    buffer = io.BytesIO()
+    Image.new("RGB", (10, 6)).save(buffer, "PNG")
+    context = nuclio_sdk.Context(logger=nuclio_sdk.Logger(0))
+    body = {"image": base64.b64encode(buffer.getvalue()).decode(), "pos_points": [[1, 1]], "mask_format": "shapes"}
+
+    def confidence():
+        (shape,) = json.loads(handler(context, nuclio_sdk.Event(body=body)).body)["shapes"]
+        return shape["attributes"][0]["value"]
+
+    # 6 pixels at 0.5 and 4 that report nothing (1.0): (6 x 0.5 + 4) / 10.
+    results[:] = [block(0, 0, 3, 2, "0.5"), block(5, 3, 9, 4)]
+    assert confidence() == "0.7000"
+    results[:] = [block(0, 0, 3, 2, "0.25")]
+    assert confidence() == "0.2500"
+    results[:] = []
+    assert json.loads(handler(context, nuclio_sdk.Event(body=body)).body) == {"shapes": []}
+    for values, message in [(("high",), "must be a real number between 0 and 1, got 'high'"),
+                            (("1.5",), "must be a real number between 0 and 1, got '1.5'"),
+                            (("0.5", "0.6"), "has 2 confidence attributes")]:
+        results[:] = [block(0, 0, 3, 2, *values)]
+        with pytest.raises(cvataa.BadFunctionError, match=message):
+            handler(context, nuclio_sdk.Event(body=body))
 
 
 def test_served_tracking_function_follows_a_moved_object(platform):

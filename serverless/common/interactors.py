@@ -1,11 +1,21 @@
 """What every interactor shares: reading CVAT's request, click maps, crop and paste-back, the reply.
 
 CVAT's interactor request (cvat-compat.md 1.5, 6.3) is ``{"image", "pos_points": [[x, y], ...],
-"neg_points": [[x, y], ...], "obj_bbox": [[x1, y1], [x2, y2]] or null or [], "threshold"?}`` and
-the version-2 reply is ``{"mask": H x W}`` over the whole image, 0 background and 255 object.
-Coordinates are image pixels, x to the right, y down. Unlike CVAT (defect 6): a flat
-``[x1, y1, x2, y2]`` box is accepted too, ``null`` and ``[]`` mean no box, and every mistake is a
-400 naming the field.
+"neg_points": [[x, y], ...], "obj_bbox": [[x1, y1], [x2, y2]] or null or [], "threshold"?}``
+(CVAT 2.60+ may add ``text_prompts``: read by none of ours, so ignored). Coordinates are image
+pixels, x to the right, y down. Unlike CVAT (defect 6): a flat ``[x1, y1, x2, y2]`` box is accepted
+too, ``null`` and ``[]`` mean no box, and every mistake is a 400 naming the field.
+
+A model answers a ``Segmentation``: the object's mask and its confidence in it. The reply follows
+the request's ``mask_format``:
+
+- ``"full"`` (default): the version-2 reply ``{"mask": H x W}`` over the whole image, 0 background
+  and 255 object; the only form older CVAT UIs read;
+- ``"cvat_rle"`` (ours): ``{"rle": [runs..., xtl, ytl, xbr, ybr], "size": [H, W]}``, the mask as
+  CVAT stores it (4.7);
+- ``"shapes"``: CVAT 2.60+'s ``{"shapes": [{"type": "mask", "points": <the same RLE and box>,
+  "attributes": [{"spec_id": 0, "value": "<confidence>"}]}]}`` (9.3), one shape, none for an
+  empty mask.
 """
 
 from __future__ import annotations
@@ -89,10 +99,34 @@ def read_interaction(body: dict, *, min_pos_points: int = 0, box_required: bool 
                        box, read_probability(body, "threshold", default_threshold))
 
 
-def interactor_handler(segment: Callable[[Any, Interaction], np.ndarray], **reading) -> Callable:
-    """A nuclio handler for an interactor: ``segment(context, interaction) -> H x W mask`` (bool or
-    any non-zero foreground). ``reading`` goes to read_interaction (min_pos_points, box_required,
-    default_threshold)."""
+@dataclass(frozen=True)
+class Segmentation:
+    """A model's answer: the H x W object mask (bool or any non-zero foreground) and the model's
+    confidence in it, 0..1."""
+    mask: np.ndarray
+    confidence: float
+
+    def __post_init__(self):
+        if not 0 <= self.confidence <= 1:  # NaN fails too
+            raise ValueError(f"a confidence is between 0 and 1, got {self.confidence}")
+
+    @classmethod
+    def above(cls, probabilities: np.ndarray, threshold: float) -> Segmentation:
+        """Foreground where the object probability is above ``threshold``, with their mean as the
+        confidence."""
+        mask = probabilities > threshold
+        return cls(mask, mean_probability(probabilities, mask))
+
+
+def mean_probability(probabilities: np.ndarray, mask: np.ndarray) -> float:
+    """The mean object probability over the mask's (non-zero) pixels; 0 for an empty mask."""
+    selected = probabilities[mask != 0]
+    return float(selected.mean(dtype=np.float64)) if selected.size else 0.0
+
+
+def interactor_handler(segment: Callable[[Any, Interaction], Segmentation], **reading) -> Callable:
+    """A nuclio handler for an interactor: ``segment(context, interaction) -> Segmentation``.
+    ``reading`` goes to read_interaction (min_pos_points, box_required, default_threshold)."""
 
     @json_handler
     @functools.wraps(segment)
@@ -101,17 +135,22 @@ def interactor_handler(segment: Callable[[Any, Interaction], np.ndarray], **read
         if mask_format not in MASK_FORMATS:
             raise BadRequest(f"'mask_format' must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
         interaction = read_interaction(body, **reading)
-        mask = segment(context, interaction)
-        if mask.shape != interaction.shape:
-            raise AssertionError(f"the mask is {mask.shape}, the image {interaction.shape}")
-        return mask_reply(mask) if mask_format == "full" else rle_reply(mask)
+        result = segment(context, interaction)
+        if result.mask.shape != interaction.shape:
+            raise AssertionError(f"the mask is {result.mask.shape}, the image {interaction.shape}")
+        if mask_format == "full":
+            return mask_reply(result.mask)
+        return rle_reply(result.mask) if mask_format == "cvat_rle" else shapes_reply(result)
 
     return process
 
 
-# "full": CVAT's reply (default). "cvat_rle": our compact extension, the mask as CVAT stores a mask
-# shape's points (RLE of its bounding box plus the box), a few hundred numbers instead of H x W.
-MASK_FORMATS = ("full", "cvat_rle")
+# "full": CVAT's version-2 reply (default: older CVAT UIs read nothing else). "cvat_rle": our
+# compact extension, the mask as CVAT stores a mask shape's points (RLE of its bounding box plus the
+# box), a few hundred numbers instead of H x W. "shapes": CVAT 2.60+'s reply, that RLE as a mask
+# shape with the model's confidence.
+MASK_FORMATS = ("full", "cvat_rle", "shapes")
+CONFIDENCE_SPEC_ID = 0  # the attribute id of a shape's confidence (9.3; cvat-sdk's InteractionResultAttributes)
 
 
 def mask_reply(mask: np.ndarray) -> dict:
@@ -119,15 +158,30 @@ def mask_reply(mask: np.ndarray) -> dict:
     return {"mask": np.where(mask != 0, 255, 0).astype(np.uint8).tolist()}
 
 
-def rle_reply(mask: np.ndarray) -> dict:
-    """``{"rle": [runs..., xtl, ytl, xbr, ybr], "size": [H, W]}``, CVAT's storage form (cvat-compat
-    4.7, inclusive box); an empty mask has ``"rle": []``."""
+def cvat_rle(mask: np.ndarray) -> list[int]:
+    """``[runs..., xtl, ytl, xbr, ybr]``: CVAT's storage form of a mask (cvat-compat 4.7), the RLE of
+    its bounding box and that box, inclusive; ``[]`` for an empty mask."""
     box = masks.mask_box(mask != 0)
     if box is None:
-        return {"rle": [], "size": list(mask.shape)}
+        return []
     xtl, ytl, xbr, ybr = box
-    return {"rle": masks.rle_encode(mask[ytl:ybr + 1, xtl:xbr + 1] != 0) + [xtl, ytl, xbr, ybr],
-            "size": list(mask.shape)}
+    return masks.rle_encode(mask[ytl:ybr + 1, xtl:xbr + 1] != 0) + [xtl, ytl, xbr, ybr]
+
+
+def rle_reply(mask: np.ndarray) -> dict:
+    """``{"rle": [runs..., xtl, ytl, xbr, ybr], "size": [H, W]}``; an empty mask has ``"rle": []``."""
+    return {"rle": cvat_rle(mask), "size": list(mask.shape)}
+
+
+def shapes_reply(segmentation: Segmentation) -> dict:
+    """CVAT 2.60+'s ``{"shapes": [...]}`` (cvat-compat 9.3): the mask as one mask shape, ``points``
+    its CVAT RLE and box, the confidence as a string with 4 decimals (CVAT's attribute values are
+    strings); no shape for an empty mask."""
+    points = cvat_rle(segmentation.mask)
+    if not points:
+        return {"shapes": []}
+    return {"shapes": [{"type": "mask", "points": points,
+                        "attributes": [{"spec_id": CONFIDENCE_SPEC_ID, "value": f"{segmentation.confidence:.4f}"}]}]}
 
 
 def gaussian_heatmap(points: np.ndarray, shape: tuple[int, int], sigma: float = 10.0) -> np.ndarray:

@@ -46,6 +46,7 @@ from cvat_sdk.auto_annotation import (
     InteractionFunctionContext,
     InteractionFunctionSpec,
     InteractionPrompts,
+    InteractionResultAttributes,
     TrackableShape,
     TrackingFunctionShapeContext,
     TrackingFunctionSpec,
@@ -61,7 +62,7 @@ from PIL import Image
 
 from serverless.common import masks, settings
 from serverless.common.handler import BadRequest, detector_handler, json_handler
-from serverless.common.interactors import Interaction, interactor_handler
+from serverless.common.interactors import Interaction, Segmentation, interactor_handler
 from serverless.common.metadata import FunctionMeta
 
 log = logging.getLogger(__name__)
@@ -511,7 +512,7 @@ def _interactor(function):
     spec, context = function.spec, _NoContext()
     preprocessed = _PreprocessedImages(function, context)
 
-    def segment(_, interaction: Interaction) -> np.ndarray:
+    def segment(_, interaction: Interaction) -> Segmentation:
         negatives = len(interaction.neg_points)
         if spec.min_neg_points is None and negatives:
             raise BadRequest("'neg_points': this interactor takes no negative points")
@@ -524,14 +525,37 @@ def _interactor(function):
                            [tuple(p) for p in interaction.neg_points.tolist()], box)
         height, width = interaction.shape
         shapes = function.detect(context, preprocessed(interaction.image), prompts)
-        # CVAT's UI reads masks only; the union of the function's mask shapes is the object.
+        # CVAT's UI reads masks only; the union of the function's mask shapes is the object, its
+        # confidence theirs weighted by their pixel counts.
         mask = np.zeros((height, width), dtype=bool)
+        weighted, pixels = 0.0, 0
         for result in shapes:
             if value(result.type) == "mask":
-                mask |= decode_mask(result.points, image_width=width, image_height=height)
-        return mask
+                shape_mask = decode_mask(result.points, image_width=width, image_height=height)
+                mask |= shape_mask
+                count = np.count_nonzero(shape_mask)
+                weighted, pixels = weighted + count * _interaction_confidence(result), pixels + count
+        return Segmentation(mask, weighted / pixels if pixels else 0.0)
 
     return interactor_handler(segment, min_pos_points=spec.min_pos_points, box_required=spec.min_bounding_boxes == 1)
+
+
+def _interaction_confidence(result) -> float:
+    """A result shape's confidence: its ``InteractionResultAttributes.CONFIDENCE`` attribute, a real
+    number between 0 and 1 by the SDK's rules."""
+    values = [a.value for a in result.attributes if a.spec_id == InteractionResultAttributes.CONFIDENCE]
+    if not values:
+        return 1.0  # the function reports no confidence: it stands by its shape
+    if len(values) > 1:
+        raise BadFunctionError(f"an interaction result shape has {len(values)} confidence attributes, at most 1")
+    try:
+        confidence = float(values[0])
+    except ValueError:
+        confidence = math.nan
+    if not 0 <= confidence <= 1:  # NaN included
+        raise BadFunctionError(f"an interaction result shape's confidence must be a real number between 0 and 1, "
+                               f"got {values[0]!r}")
+    return confidence
 
 
 class _TrackingContext(TrackingFunctionContext):

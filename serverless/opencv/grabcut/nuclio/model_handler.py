@@ -23,6 +23,10 @@ the clicks so far, as CVAT sends them every time.
 
 Constants were chosen on scripts/eval_interactor.py's composites (see tests/test_grabcut.py for the
 measured IoU). The request's ``threshold`` is accepted and has no effect: GrabCut's labels are hard.
+
+Confidence: each pixel's posterior probability of the object colour model against the background
+one (equal priors, as GrabCut's data term has them), from the two Gaussian mixtures the final cut
+used, averaged over the object mask at the working size.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import cv2
 import numpy as np
 
 from serverless.common.handler import BadRequest
-from serverless.common.interactors import Interaction, Box, paste
+from serverless.common.interactors import Box, Interaction, Segmentation, mean_probability, paste
 
 WORK_SIDE = 256  # px, the longer side GrabCut works at (320: IoU about the same, 1.7x the time)
 ITERATIONS = 5
@@ -47,23 +51,24 @@ SEED_RADIUS = 3  # px at the working scale: the definite label around every clic
 # A negative click also makes the colours around it (flood fill, per channel) probable background:
 # a few definite pixels weigh too little in the background's colour model to move a whole region.
 NEGATIVE_TOLERANCE = 12
+GMM_COMPONENTS = 5  # per colour model, fixed in OpenCV's GrabCut
 
 
 class GrabCut:
-    def segment(self, interaction: Interaction) -> np.ndarray:
-        """The H x W 0/1 object mask for the interaction's box and clicks."""
+    def segment(self, interaction: Interaction) -> Segmentation:
+        """The H x W 0/1 object mask for the interaction's box and clicks, with its confidence."""
         positive, shape = interaction.pos_points, interaction.shape
         if interaction.box is not None:
             return self.cut(interaction, object_box(interaction.box, positive, shape))
         for padding in CLICK_PADDINGS[:-1]:
-            mask = self.cut(interaction, object_box(None, positive, shape, padding), give_up_if_collapsed=True)
-            if mask is not None:
-                return mask
+            result = self.cut(interaction, object_box(None, positive, shape, padding), give_up_if_collapsed=True)
+            if result is not None:
+                return result
         return self.cut(interaction, object_box(None, positive, shape, CLICK_PADDINGS[-1]))
 
-    def cut(self, interaction: Interaction, box: Box, give_up_if_collapsed: bool = False) -> np.ndarray | None:
-        """GrabCut from ``box`` and the clicks: the H x W 0/1 mask; None when asked to give up on a
-        cut that keeps less than ``COLLAPSED`` of the box after ``CHECK_ITERATIONS``."""
+    def cut(self, interaction: Interaction, box: Box, give_up_if_collapsed: bool = False) -> Segmentation | None:
+        """GrabCut from ``box`` and the clicks: the H x W 0/1 mask and its confidence; None when asked
+        to give up on a cut that keeps less than ``COLLAPSED`` of the box after ``CHECK_ITERATIONS``."""
         shape = interaction.shape
         positive, negative = interaction.pos_points, interaction.neg_points
         x1, y1, x2, y2 = crop = working_crop(box, shape)
@@ -99,13 +104,15 @@ class GrabCut:
         else:
             cv2.grabCut(work_image, labels, None, *models, ITERATIONS, cv2.GC_EVAL)
 
-        crop_mask = cv2.resize(object_mask().astype(np.float32), (x2 - x1, y2 - y1),
+        work_mask = object_mask()
+        crop_mask = cv2.resize(work_mask.astype(np.float32), (x2 - x1, y2 - y1),
                                interpolation=cv2.INTER_LINEAR) >= 0.5
         # Outside the box is definite background: scaling back must not spill across its edges.
         bx1, by1, bx2, by2 = int(box[0]) - x1, int(box[1]) - y1, int(np.ceil(box[2])) - x1, int(np.ceil(box[3])) - y1
         inside = np.zeros_like(crop_mask)
         inside[by1:by2, bx1:bx2] = True
-        return paste(crop_mask & inside, crop, shape)
+        return Segmentation(paste(crop_mask & inside, crop, shape),
+                            mean_probability(object_posterior(work_image, *models), work_mask))
 
 
 def object_box(box: Box | None, positive: np.ndarray, shape: tuple[int, int], padding: float = 0.0) -> Box:
@@ -167,6 +174,31 @@ def initial_models(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     cv2.setRNGSeed(0)  # k-means picks its first centres at random: same call, same mask
     cv2.grabCut(small_image, small_labels, None, *models, 0, cv2.GC_INIT_WITH_MASK)  # 0: initialise only
     return models
+
+
+def log_likelihood(model: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """log p(colour) of N x 3 ``pixels`` under one of cv2.grabCut's colour models, a 1 x 65 array in
+    OpenCV's layout: 5 component weights, 5 means (3 each), 5 covariances (3 x 3 each). Like
+    OpenCV's GMM, it leaves out the (2 pi)^(-3/2) every component shares and skips components of
+    weight 0."""
+    model = model.ravel().astype(np.float64)
+    weights = model[:GMM_COMPONENTS]
+    means = model[GMM_COMPONENTS:4 * GMM_COMPONENTS].reshape(GMM_COMPONENTS, 3)
+    covariances = model[4 * GMM_COMPONENTS:].reshape(GMM_COMPONENTS, 3, 3)
+    terms = []
+    for weight, mean, covariance in zip(weights, means, covariances):
+        if weight > 0:
+            offsets = pixels - mean
+            squared = np.einsum("ni,ni->n", offsets @ np.linalg.inv(covariance), offsets)
+            terms.append(np.log(weight) - 0.5 * (np.log(np.linalg.det(covariance)) + squared))
+    return np.logaddexp.reduce(terms, axis=0)
+
+
+def object_posterior(image: np.ndarray, background_model: np.ndarray, object_model: np.ndarray) -> np.ndarray:
+    """H x W: each pixel's probability of the object model against the background one, equal priors."""
+    pixels = image.reshape(-1, 3).astype(np.float64)
+    log_ratio = log_likelihood(background_model, pixels) - log_likelihood(object_model, pixels)
+    return np.exp(-np.logaddexp(0.0, log_ratio)).reshape(image.shape[:2])  # 1 / (1 + ratio), without overflow
 
 
 def similar_around(image: np.ndarray, seed: tuple[int, int]) -> np.ndarray:

@@ -14,6 +14,8 @@ One request, as CVAT's function does it (cvat-compat.md 1.8.1):
 4. foreground is where the probability is above the threshold, 0.8 by default;
 5. that mask is resized to the crop's size (nearest) and pasted into an image-sized zero mask.
 
+Confidence: the mean of the 512x512 probabilities over that foreground, before it is resized.
+
 ``neg_points`` and ``obj_bbox`` are not used (DEXTR has no input for them). Unlike CVAT, which
 ignores it, a request ``threshold`` replaces the 0.8 (0 gives the whole crop box).
 
@@ -32,7 +34,8 @@ import numpy as np
 from serverless.common import model_files
 from serverless.common import settings as function_settings
 from serverless.common.handler import BadRequest
-from serverless.common.interactors import Interaction, gaussian_heatmap, normalise_255, padded_box, paste
+from serverless.common.interactors import (Interaction, Segmentation, gaussian_heatmap, mean_probability,
+                                           normalise_255, padded_box, paste)
 from serverless.common.openvino_model import OpenVINOModel
 
 MODEL = "dextr"  # the catalogue entry
@@ -85,7 +88,9 @@ class Dextr:
             raise ValueError(f"{resolved.file('.xml')}: expected input {expected} and output (1, 1, 512, 512), "
                              f"got {self.model.input_shape} and {self.model.output_shape}")
 
-    def segment(self, interaction: Interaction) -> np.ndarray:
+    def segment(self, interaction: Interaction) -> Segmentation:
         box = crop_box(interaction.pos_points, interaction.shape)
         (probabilities,) = self.model.infer(network_input(interaction.image, interaction.pos_points, box)).values()
-        return image_mask(probabilities[0, 0], box, interaction.shape, interaction.threshold)
+        probabilities = probabilities[0, 0]
+        return Segmentation(image_mask(probabilities, box, interaction.shape, interaction.threshold),
+                            mean_probability(probabilities, probabilities > interaction.threshold))

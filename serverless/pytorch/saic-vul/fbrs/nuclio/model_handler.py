@@ -29,7 +29,8 @@ fresh predictor, as CVAT's handler does:
    once every click disk is on its side of the threshold or the mask changes by less than IoU 0.001,
    and the lowest-loss prediction seen is kept;
 4. the two logit maps are averaged (the mirrored one flipped back), passed through a sigmoid and
-   resized to the image; the mask is probability > threshold.
+   resized to the image; the mask is probability > threshold, the confidence the mean probability
+   over the mask.
 
 Zoom-in (expansion 1.4, skip_clicks 1, target 480) is configured in CVAT's call but never acts
 there: it crops around the *previous* call's mask, and CVAT makes a new predictor for every
@@ -52,7 +53,7 @@ from torch import nn
 from serverless.common import model_files
 from serverless.common.torch_blocks import Bottleneck
 from serverless.common.torch_weights import BATCHES_TRACKED, load_exactly
-from serverless.common.interactors import Interaction
+from serverless.common.interactors import Interaction, Segmentation
 
 CHECKPOINT = "resnet101_dh256_sbd.pth"
 
@@ -429,8 +430,8 @@ class FBRS:
         image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)[None].float() / 255
         return (image - self.mean) / self.std
 
-    def segment(self, interaction: Interaction) -> np.ndarray:
-        """H x W mask: probability > threshold."""
+    def segment(self, interaction: Interaction) -> Segmentation:
+        """H x W mask: probability > threshold; the confidence is the mean probability over it."""
         probabilities = predict_probabilities(self.network, self.normalise(interaction.image),
                                               clicks_of(interaction), interaction.threshold)
-        return probabilities > interaction.threshold
+        return Segmentation.above(probabilities, interaction.threshold)

@@ -27,7 +27,8 @@ in), each fed the previous pass's prediction and zoomed on the object. With one 
 same result; with more the model sees what it was trained and evaluated on, and passes after the
 first run on a crop of at most 400 px. The request carries no previous mask (CVAT never sends one).
 
-Mask: probability > threshold (default 0.5) over the whole image, as CVAT's handler.
+Mask: probability > threshold (default 0.5) over the whole image, as CVAT's handler; confidence:
+the mean probability over the mask.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from torch import nn
 from serverless.common import model_files
 from serverless.common.torch_blocks import Bottleneck
 from serverless.common.torch_weights import load_exactly
-from serverless.common.interactors import Interaction
+from serverless.common.interactors import Interaction, Segmentation
 
 CHECKPOINT = "coco_lvis_h18_itermask.pth"
 MODEL_CLASS = "isegm.model.is_hrnet_model.HRNetModel"
@@ -492,6 +493,8 @@ class HRNetRITM:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.network = load_network(checkpoint, self.device)
 
-    def segment(self, interaction: Interaction) -> np.ndarray:
-        """The object mask (H x W bool): probability > the request's threshold."""
-        return predict(self.network, interaction.image, interaction_clicks(interaction)) > interaction.threshold
+    def segment(self, interaction: Interaction) -> Segmentation:
+        """The object mask (H x W bool): probability > the request's threshold; the confidence is
+        the mean probability over it."""
+        probabilities = predict(self.network, interaction.image, interaction_clicks(interaction))
+        return Segmentation.above(probabilities, interaction.threshold)

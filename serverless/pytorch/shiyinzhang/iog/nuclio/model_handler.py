@@ -35,6 +35,9 @@ Request handling follows CVAT's handler (cvat-compat.md 1.8.4):
    clicks, and the box only defines the crop. That wire meaning is kept here.
 4. Foreground is the raw network output above the threshold (default 0.8), as CVAT compares it:
    IOG's test script applies a sigmoid first, so 0.8 is a probability of about 0.69.
+   The output is a logit (the fine head ends in a batch norm; IOG's tests and training loss apply
+   the sigmoid outside the network), so the confidence is the mean of its sigmoid over the 512 x
+   512 foreground.
 5. The 512 x 512 mask resized to the crop's size (OpenCV bicubic on 0/1, non-zero kept) and pasted
    into an image-sized mask.
 """
@@ -52,7 +55,8 @@ from torch import nn
 from serverless.common import model_files
 from serverless.common.torch_blocks import Bottleneck
 from serverless.common.torch_weights import load_exactly
-from serverless.common.interactors import Interaction, gaussian_heatmap, normalise_255, padded_box, paste
+from serverless.common.interactors import (Interaction, Segmentation, gaussian_heatmap, mean_probability,
+                                           normalise_255, padded_box, paste)
 
 CHECKPOINT = "IOG_PASCAL_SBD.pth"
 INPUT_SIZE = 512
@@ -237,9 +241,11 @@ class IOG:
         self.network = load_network(checkpoint, self.device)
 
     @torch.inference_mode()
-    def segment(self, interaction: Interaction) -> np.ndarray:
-        """The object's H x W 0/1 mask from its box (required) and clicks."""
+    def segment(self, interaction: Interaction) -> Segmentation:
+        """The object's H x W 0/1 mask from its box (required) and clicks, with its confidence."""
         crop = crop_box(interaction.box, interaction.shape)
         inputs = network_input(interaction.image, interaction.pos_points, interaction.neg_points, crop)
-        output = self.network(inputs.to(self.device).contiguous(memory_format=torch.channels_last))
-        return output_to_mask(output[0, 0].cpu().numpy(), interaction.threshold, crop, interaction.shape)
+        output = self.network(inputs.to(self.device).contiguous(memory_format=torch.channels_last))[0, 0]
+        logits, probabilities = output.cpu().numpy(), torch.sigmoid(output).cpu().numpy()
+        return Segmentation(output_to_mask(logits, interaction.threshold, crop, interaction.shape),
+                            mean_probability(probabilities, logits > interaction.threshold))
