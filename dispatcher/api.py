@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import secrets
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -30,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from dispatcher import planner, tracker_states
+from dispatcher import planner, reid, tracker_states
+from dispatcher import roi as regions
 from dispatcher.chunks import target_frames
 from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert, is_int, is_number
 from dispatcher.gateway import Gateway, GatewayError
@@ -38,8 +40,10 @@ from dispatcher.planner import FINAL_STATES, Conflict, RequestBook, Target
 from dispatcher.registry import LambdaFunction, Registry
 from dispatcher.settings import Settings
 from dispatcher.store import InvalidInput, NotFound, Store
+from serverless.common.handler import BadRequest as ServerlessBadRequest
 
-OFFLINE_KINDS = ("detector",)  # what a task-wide request can run (defect 13)
+OFFLINE_KINDS = ("detector", "reid")  # what a task-wide request can run (defect 13, 9.4)
+AUTH_SCHEMES = ("bearer", "token")  # Token: cvat-sdk's and cvat-cli's scheme (9.6)
 UI_DIR = Path(__file__).with_name("ui")
 
 
@@ -63,6 +67,10 @@ class OfflineRequest(BaseModel):
     conv_mask_to_poly: StrictBool = Field(False, alias="convMaskToPoly",
                                           description="polygons instead of masks (alias convMaskToPoly)")
     mapping: dict[str, Any] | None = Field(None, description="model label -> task label (cvat-compat.md 4.1)")
+    roi: Any = Field(None, description="detectors: [xtl, ytl, xbr, ybr], annotate only this region of every frame")
+    max_distance: float | None = Field(None, description="ReID: the largest distance in pixels between the "
+                                                         "centres of boxes that may be linked (the function's "
+                                                         "default: 50)")
 
 
 class AnnotateRequest(BaseModel):
@@ -75,6 +83,8 @@ class AnnotateRequest(BaseModel):
     cleanup: StrictBool = False
     conv_mask_to_poly: StrictBool = Field(False, alias="convMaskToPoly")
     mapping: dict[str, Any] | None = None
+    roi: Any = None
+    max_distance: float | None = None
 
 
 class NewTask(BaseModel):
@@ -82,6 +92,26 @@ class NewTask(BaseModel):
     name: str
     labels: list[dict[str, Any]]
     segment_size: int | None = Field(None, description="frames per job; none: one job for the whole task")
+
+
+class HeadAsGet:
+    """HEAD on any path answers what GET would, headers only. CVAT's UI (2.60+) probes
+    ``/api/lambda/functions`` with HEAD and shows no functions at all unless it gets 200 or 404
+    (9.1); this covers every GET route, present and future, in one place."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def without_body(message):
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
 
 
 class Services:
@@ -114,13 +144,15 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.api_token is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), settings.api_token.encode()):
+        if scheme.lower() not in AUTH_SCHEMES or not secrets.compare_digest(token.strip().encode(),
+                                                                           settings.api_token.encode()):
             raise Unauthorized()
 
     app = FastAPI(title="CVAT-compatible auto-annotation dispatcher", lifespan=lifespan,
                   description="CVAT's /api/lambda API, a task store in CVAT's REST shapes, and task-wide "
                               "annotation requests on Redis/RQ.")
     app.state.services = services
+    app.add_middleware(HeadAsGet)
     _install_error_handlers(app)
     secured = [Depends(authorised)]
 
@@ -297,23 +329,45 @@ def _online_call(services: Services, function: LambdaFunction, raw: dict) -> Any
     extra = {}
     if "threshold" in body:  # 0 included (defect 1)
         extra["threshold"] = _number(body, "threshold")
+    if "roi" in body and kind not in ("detector", "interactor"):
+        raise BadRequest(f"roi: {kind} functions cannot run on a region (only detectors and interactors)")
     if kind == "detector":
         frame = _frame(services.store, body, "frame", task, job)
         mapping = build_mapping(function.meta.labels, services.store.task_labels(task), _mapping(body))
         conv_mask_to_poly = _bool(body, "conv_mask_to_poly")
         if conv_mask_to_poly:  # for functions that make their own polygons (cvat-sdk ones); others ignore it
             extra["conv_mask_to_poly"] = True
-        items = services.registry.call(function, {"image": _image(services.store, task, frame), **extra})
+        region = _region(services.store, body, task, frame)
+        items = services.registry.call(function, {"image": _image(services.store, task, frame, region), **extra})
         try:
             tags, shapes, _ = convert(items, mapping, frame, conv_mask_to_poly)
         except BadFunctionOutput as error:
             raise GatewayError(502, f"function {function.id} returned unusable results: {error}") from None
+        if region is not None:
+            shapes = [regions.shift_shape(shape, region[0], region[1]) for shape in shapes]
         return {"version": 0, "tags": tags, "shapes": shapes, "tracks": []}
     if kind == "interactor":
         frame = _frame(services.store, body, "frame", task, job)
-        payload = {"image": _image(services.store, task, frame), "pos_points": _points(body, "pos_points"),
-                   "neg_points": _points(body, "neg_points"), "obj_bbox": body.get("obj_bbox"), **extra}
-        return services.registry.call(function, payload)
+        region = _region(services.store, body, task, frame)
+        pos_points, neg_points = _points(body, "pos_points"), _points(body, "neg_points")
+        obj_bbox = body.get("obj_bbox")
+        if region is not None:
+            pos_points = regions.into_region(pos_points, region, "pos_points")
+            neg_points = regions.into_region(neg_points, region, "neg_points")
+            obj_bbox = regions.box_into_region(obj_bbox, region)
+        payload = {"image": _image(services.store, task, frame, region), "pos_points": pos_points,
+                   "neg_points": neg_points, "obj_bbox": obj_bbox, **extra}
+        if body.get("text_prompts"):  # CVAT forwards it when truthy (9.3)
+            payload["text_prompts"] = body["text_prompts"]
+        if "mask_format" in body:  # ours: how the interactor answers (README, "Interactors")
+            payload["mask_format"] = body["mask_format"]
+        reply = services.registry.call(function, payload)
+        if region is None:
+            return reply
+        try:
+            return regions.reply_into_frame(reply, region, services.store.frame_size(task, frame), function.id)
+        except regions.BadFunctionReply as error:
+            raise GatewayError(502, str(error)) from None
     if kind == "reid":
         frames = [_frame(services.store, body, key, task, job) for key in ("frame0", "frame1")]
         payload = {"image0": _image(services.store, task, frames[0]), "image1": _image(services.store, task, frames[1]),
@@ -394,8 +448,24 @@ def _frame(store: Store, body: dict, key: str, task: int, job: int | None) -> in
     return frame
 
 
-def _image(store: Store, task: int, frame: int) -> str:
-    return base64.b64encode(store.frame_bytes(task, frame)).decode()  # the stored file, never re-encoded
+def _image(store: Store, task: int, frame: int, region: regions.Region | None = None) -> str:
+    """The stored file, never re-encoded; with a region, its crop (9.2)."""
+    data = store.frame_bytes(task, frame)
+    if region is not None:
+        try:
+            data = regions.crop(data, region)
+        except ServerlessBadRequest as error:
+            raise BadRequest(f"frame {frame} of task {task}: {error}") from None
+    return base64.b64encode(data).decode()
+
+
+def _region(store: Store, body: dict, task: int, frame: int) -> regions.Region | None:
+    """The body's ``roi``, checked against the frame's stored size (9.2), or None."""
+    if "roi" not in body:
+        return None
+    region = regions.parse(body["roi"])
+    regions.check_inside(region, *store.frame_size(task, frame))
+    return region
 
 
 def _number(body: dict, key: str) -> float:
@@ -439,20 +509,48 @@ def _points(body: dict, key: str) -> list:
 
 def _start_request(services: Services, function_id: str, body: OfflineRequest | AnnotateRequest) -> dict:
     function = services.registry.function(function_id)  # unknown: nuclio's 404; invalid: 500
-    if function.meta.kind not in OFFLINE_KINDS:
-        raise BadRequest(f"function: function kind {function.meta.kind} cannot be run offline")
+    kind = function.meta.kind
+    if kind not in OFFLINE_KINDS:
+        raise BadRequest(f"function: function kind {kind} cannot be run offline")
     services.registry.check_ready(function)
     fields = {"task": body.task} if body.job is None else {"task": body.task, "job": body.job}
     task, job = _task_and_job(services.store, fields)
-    build_mapping(function.meta.labels, services.store.task_labels(task), body.mapping)  # 400 now, not per frame
-    parameters = {"threshold": body.threshold, "cleanup": body.cleanup,
-                  "conv_mask_to_poly": body.conv_mask_to_poly, "mapping": body.mapping}
+    frames = target_frames(services.store, task, job)
+    for name, value in (("threshold", body.threshold), ("max_distance", body.max_distance)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise BadRequest(f"{name}: must be a finite number of 0 or more, got {value}")
+    if kind == "detector":
+        if body.max_distance is not None:
+            raise BadRequest("max_distance: only ReID functions take it")
+        build_mapping(function.meta.labels, services.store.task_labels(task), body.mapping)  # 400 now, not per frame
+        parameters = {"threshold": body.threshold, "cleanup": body.cleanup,
+                      "conv_mask_to_poly": body.conv_mask_to_poly, "mapping": body.mapping}
+        if body.roi is not None:
+            parameters["roi"] = list(_region_of_frames(services.store, body.roi, task, frames))
+        units = frames
+    else:  # ReID: the target's rectangles linked into tracks (9.4)
+        for name, refused in (("cleanup", body.cleanup), ("roi", body.roi is not None),
+                              ("mapping", bool(body.mapping)), ("conv_mask_to_poly", body.conv_mask_to_poly)):
+            if refused:  # cleanup would delete the very boxes ReID links (defect 13)
+                raise BadRequest(f"{name}: not for ReID functions, which link the target's rectangles into tracks")
+        parameters = {"threshold": body.threshold, "max_distance": body.max_distance}
+        units = reid.pairs(services.store.rectangles(task, frames), frames)
     settings = services.settings
-    # A chunk's worst case: every frame waits the full timeout on every attempt.
+    # A chunk's worst case: every unit waits the full timeout on every attempt.
     job_timeout = int(settings.chunk_size * settings.nuclio_timeout * (settings.frame_retries + 1)) + 60
-    rid = planner.submit(services.book, services.queue, services.store, Target(task, job), function.id, parameters,
-                         target_frames(services.store, task, job), settings.chunk_size, job_timeout)
-    return _request_object(services.book.get(rid))
+    run = planner.submit(services.book, services.queue, Target(task, job), function.id, parameters, units,
+                         settings.chunk_size, job_timeout, kind,
+                         begin=lambda run: services.store.begin_run(run.request_id, run.id, task))
+    return _request_object(services.book.get_run(run.id))
+
+
+def _region_of_frames(store: Store, value, task: int, frames: list[int]) -> regions.Region:
+    """An offline ``roi``, checked against every target frame's stored size (9.2), none decoded."""
+    region = regions.parse(value)
+    sizes = store.frames_meta(task)["frames"]
+    for frame in frames:
+        regions.check_inside(region, sizes[frame]["width"], sizes[frame]["height"], frame)
+    return region
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -462,16 +560,37 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def _request_object(record: dict) -> dict:
-    """CVAT's request object (3.7) plus ours: frames, fps, eta_seconds, failures, cancel_requested."""
+    """CVAT's request object (3.7) plus ours: frames, fps, eta_seconds, failures, cancel_requested.
+
+    A canceled run reads ``failed``, its reason in ``exc_info``: CVAT's UI shows any final status
+    other than finished and failed as "accomplished" (9.5), and a canceled run is not that. Our
+    clients tell it apart by ``cancel_requested``."""
     function = {"id": record["function_id"], "threshold": record["parameters"].get("threshold"),
                 "task": record["task"]}
     if record["job"] is not None:
         function["job"] = record["job"]
-    return {"id": record["id"], "function": function, "status": record["status"], "progress": record["progress"],
+    for key in ("roi", "max_distance"):  # ours: the request's region and ReID's distance, when given
+        if record["parameters"].get(key) is not None:
+            function[key] = record["parameters"][key]
+    status, exc_info = record["status"], record["exc_info"]
+    if status == "canceled":
+        status, exc_info = "failed", _canceled(record)
+    return {"id": record["id"], "function": function, "status": status, "progress": record["progress"],
             "enqueued": _iso(record["enqueued"]), "started": _iso(record["started"]), "ended": _iso(record["ended"]),
-            "exc_info": record["exc_info"], "frames": record["frames"], "fps": record["fps"],
+            "exc_info": exc_info, "frames": record["frames"], "fps": record["fps"],
             "eta_seconds": record["eta_seconds"], "failures": record["failures"],
             "cancel_requested": record["cancel_requested"]}
+
+
+def _canceled(record: dict) -> str:
+    """Counted when asked: chunks running at the cancel still store the frames they finish."""
+    units = record["frames"]
+    failed = f"; {units['failed']} failed" if units["failed"] else ""
+    if record["kind"] == "reid":
+        return (f"Canceled on request after {units['done']} of {units['total']} frame pairs{failed}; "
+                "the task's annotations were not changed")
+    return (f"Canceled on request after {units['done']} of {units['total']} frames{failed}; "
+            f"the annotations of those {units['done']} frames were kept")
 
 
 # Multipart and JSON frame uploads
@@ -515,12 +634,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
     statuses = {BadRequest: 400, InvalidInput: 400, MappingError: 400, tracker_states.InvalidState: 400,
-                NotFound: 404, Conflict: 409}
+                regions.RoiError: 400, NotFound: 404, Conflict: 409}
     for error_type, status in statuses.items():
         app.add_exception_handler(error_type, lambda request, error, status=status: reply(status, str(error)))
     app.add_exception_handler(GatewayError, lambda request, error: reply(error.status, error.message))
     app.add_exception_handler(Unauthorized, lambda request, error: reply(
-        401, "authentication required: send Authorization: Bearer <API_TOKEN>", {"WWW-Authenticate": "Bearer"}))
+        401, "authentication required: send Authorization: Bearer <API_TOKEN> (or Token <API_TOKEN>)",
+        {"WWW-Authenticate": "Bearer"}))
     app.add_exception_handler(HTTPException, lambda request, error: reply(error.status_code, str(error.detail)))
 
     def validation_error(request, error: RequestValidationError) -> JSONResponse:

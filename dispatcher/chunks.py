@@ -1,12 +1,16 @@
-"""One chunk of an annotation request: the RQ job that annotates a run of frames.
+"""One chunk of an annotation request: the RQ job that works through a run of units.
 
-For each frame, with as many calls in flight as the function has workers: check the cancel flag,
-send the stored file bytes (never re-encoded) to the function, retry a call that failed for a
-reason worth retrying with backoff, and convert the reply to CVAT annotations. Then the chunk's
-results go to the store in ONE transaction keyed by (request, frame), so a chunk that runs again
-after its worker died replaces its own results instead of duplicating them, and ``cleanup`` runs
-exactly once per request, before its first write. Progress is reported only for frames whose
-results are stored. The chunk that accounts for the last frame ends the request.
+A unit is a frame for a detector, and a frame pair (f, f + 1) for ReID. For each unit, with as
+many calls in flight as the function has workers: check the cancel flag, send the stored file
+bytes (never re-encoded, unless the request names a region: then its crop) to the function, retry a
+call that failed for a reason worth retrying with backoff, and check the reply.
+
+Detectors: the chunk's results go to the store in ONE transaction keyed by (request, frame), so a
+chunk that runs again after its worker died replaces its own results instead of duplicating them,
+and ``cleanup`` runs exactly once per request, before its first write. ReID: each pair's matches go
+to Redis; the chunk that accounts for the last pair links them into tracks (``dispatcher.reid``).
+Progress is reported only for units whose results are kept. Writes are fenced by run: a chunk of a
+run that has been replaced writes nothing.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from dataclasses import dataclass
 import redis
 import rq
 
+from dispatcher import reid
+from dispatcher import roi as regions
 from dispatcher import settings as dispatcher_settings
 from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert
 from dispatcher.gateway import Gateway, GatewayError
 from dispatcher.planner import FINAL_STATES, CallSlots, RequestBook
 from dispatcher.registry import Registry
-from dispatcher.store import NotFound, Store
+from dispatcher.store import InvalidInput, NotFound, StaleRun, Store
+from serverless.common.handler import BadRequest
 
 log = logging.getLogger("dispatcher")
 # A crash, a restart, a timeout or a saturated function may pass; a 4xx is the frame's own fault.
@@ -46,7 +53,7 @@ class Services:
 
 
 @dataclass(frozen=True)
-class FrameFailure:
+class UnitFailure:
     reason: str
 
 
@@ -69,29 +76,57 @@ def worker_services() -> Services:
     )
 
 
-def annotate_chunk(request_id: str, frames: list[int]) -> dict:
+def annotate_chunk(run: str, units: list[int]) -> dict:
     """The RQ job function, on queue ``annotation``."""
-    return run_chunk(request_id, frames, worker_services(), rq.get_current_job().id)
+    return run_chunk(run, units, worker_services(), rq.get_current_job().id)
 
 
 def chunk_failed(job: rq.job.Job, connection, error_type, error, traceback) -> None:
-    """RQ's failure callback: a chunk that crashed for the last time fails its frames, so that the
+    """RQ's failure callback: a chunk that crashed for the last time fails its units, so that the
     request still ends instead of staying 'started' for ever."""
     if job.retries_left:
         return  # RQ runs it again
-    request_id, frames = job.args
+    run, units = job.args
     services = worker_services()
-    done = services.book.frames_done(request_id)
-    for frame in frames:
-        if frame not in done:
-            services.book.frame_failed(request_id, frame, f"the chunk failed: {error_type.__name__}: {error}")
-    services.book.chunk_ended(request_id, job.id)
-    _finish_if_complete(services.book, request_id)
+    done = services.book.frames_done(run)
+    for unit in units:
+        if unit not in done:
+            services.book.frame_failed(run, unit, f"the chunk failed: {error_type.__name__}: {error}")
+    _chunk_stopped(services, run, job.id)
 
 
-def _call_with_retries(services: Services, request_id: str, function, payload: dict):
+def target_frames(store, task: int, job: int | None) -> list[int]:
+    """The task frames a request covers: the whole task, or one job's frames."""
+    return store.job_frames(job) if job is not None else list(range(store.get_task(task)["size"]))
+
+
+def run_chunk(run: str, units: list[int], services: Services, chunk_id: str) -> dict:
+    """Work through ``units`` of the run; returns a summary (RQ keeps it as the job's result)."""
+    request = services.book.get_run(run)
+    if request is None or request["status"] in FINAL_STATES:
+        return {"skipped": True}
+    services.book.chunk_started(run, chunk_id)
+    try:
+        if services.book.cancel_requested(run):
+            return {"skipped": True}
+        services.book.mark_started(run)
+        work = _match_pairs if request["kind"] == "reid" else _annotate_frames
+        return work(request, units, services)
+    finally:
+        _chunk_stopped(services, run, chunk_id)
+
+
+def _chunk_stopped(services: Services, run: str, chunk_id: str) -> None:
+    running = services.book.chunk_ended(run, chunk_id)
+    if not services.book.cancel_requested(run):
+        finish_if_complete(services, run)
+    elif running == 0:  # the last chunk of a canceled run: what it stored is counted now
+        services.book.finish(run, "canceled")
+
+
+def _call_with_retries(services: Services, run: str, function, payload: dict):
     def stop_if_canceled():
-        if services.book.cancel_requested(request_id):
+        if services.book.cancel_requested(run):
             raise Cancelled()
 
     for attempt in range(services.retries + 1):
@@ -106,88 +141,143 @@ def _call_with_retries(services: Services, request_id: str, function, payload: d
     raise AssertionError("unreachable")
 
 
-def target_frames(store, task: int, job: int | None) -> list[int]:
-    """The task frames a request covers: the whole task, or one job's frames."""
-    return store.job_frames(job) if job is not None else list(range(store.get_task(task)["size"]))
+def _run_units(function, units: list[int], work) -> dict[int, object]:
+    """``work(unit)`` for each unit, as many at once as the function has workers; a cancel stops
+    the rest, and what finished is returned."""
+    outcomes: dict[int, object] = {}
+    with ThreadPoolExecutor(max(1, function.workers)) as pool:
+        futures = {unit: pool.submit(work, unit) for unit in units}
+        for unit, future in futures.items():
+            try:
+                outcomes[unit] = future.result()
+            except Cancelled:
+                pass
+    return outcomes
 
 
-def run_chunk(request_id: str, frames: list[int], services: Services, chunk_id: str) -> dict:
-    """Annotate ``frames`` for the request; returns a summary (RQ keeps it as the job's result)."""
-    request = services.book.get(request_id)
-    if request is None or request["status"] in FINAL_STATES:
-        return {"skipped": True}
-    services.book.chunk_started(request_id, chunk_id)
+def _function_or_fail(request: dict, units: list[int], services: Services):
+    """The request's function, or None after failing every unit: it was removed or broke since the
+    request was made, and running again would not help."""
     try:
-        if services.book.cancel_requested(request_id):
-            return {"skipped": True}
-        services.book.mark_started(request_id)
-        return _annotate(request, frames, services)
-    finally:
-        running = services.book.chunk_ended(request_id, chunk_id)
-        if services.book.cancel_requested(request_id):
-            if running == 0:
-                services.book.finish_canceled(request_id)
-        else:
-            _finish_if_complete(services.book, request_id)
+        return services.registry.function(request["function_id"])
+    except GatewayError as error:
+        for unit in units:
+            services.book.frame_failed(request["run"], unit, f"cannot annotate: {error}")
+        return None
 
 
-def _annotate(request: dict, frames: list[int], services: Services) -> dict:
-    request_id, parameters, task = request["id"], request["parameters"], request["task"]
+def _annotate_frames(request: dict, frames: list[int], services: Services) -> dict:
+    run, parameters, task = request["run"], request["parameters"], request["task"]
+    function = _function_or_fail(request, frames, services)
+    if function is None:
+        return {"frames": len(frames), "written": 0, "failed": len(frames), "canceled": 0}
     try:
-        function = services.registry.function(request["function_id"])
         mapping = build_mapping(function.meta.labels, services.store.task_labels(task), parameters.get("mapping"))
-    except (GatewayError, MappingError, NotFound) as error:
-        # The function was removed or broke, or the task changed, since the request was made: the
-        # frames fail with the reason; running again would not help.
+    except (MappingError, NotFound) as error:  # the task changed since the request was made
         for frame in frames:
-            services.book.frame_failed(request_id, frame, f"cannot annotate: {error}")
+            services.book.frame_failed(run, frame, f"cannot annotate: {error}")
         return {"frames": len(frames), "written": 0, "failed": len(frames), "canceled": 0}
     extra = {"threshold": parameters["threshold"]} if parameters.get("threshold") is not None else {}
     if parameters.get("conv_mask_to_poly"):  # for functions that make their own polygons (cvat-sdk ones)
         extra["conv_mask_to_poly"] = True
+    region = tuple(parameters["roi"]) if parameters.get("roi") else None
 
     def annotate(frame: int):
-        image = base64.b64encode(services.store.frame_bytes(task, frame)).decode()
+        data = services.store.frame_bytes(task, frame)
+        if region is not None:
+            try:
+                data = regions.crop(data, region)
+            except BadRequest as error:
+                return UnitFailure(f"frame {frame}: {error}")
         try:
-            items = _call_with_retries(services, request_id, function, {"image": image, **extra})
+            items = _call_with_retries(services, run, function, {"image": base64.b64encode(data).decode(), **extra})
         except GatewayError as error:
-            return FrameFailure(f"function {function.id} answered {error.status}: {error.message}")
+            return UnitFailure(f"function {function.id} answered {error.status}: {error.message}")
         try:
             tags, shapes, _ = convert(items, mapping, frame, bool(parameters.get("conv_mask_to_poly")))
         except BadFunctionOutput as error:
-            return FrameFailure(f"function {function.id} returned unusable results: {error}")
+            return UnitFailure(f"function {function.id} returned unusable results: {error}")
+        if region is not None:
+            shapes = [regions.shift_shape(shape, region[0], region[1]) for shape in shapes]
         return tags, shapes
 
-    outcomes: dict[int, object] = {}
-    with ThreadPoolExecutor(max(1, function.workers)) as pool:
-        futures = {frame: pool.submit(annotate, frame) for frame in frames}
-        for frame, future in futures.items():
-            try:
-                outcomes[frame] = future.result()
-            except Cancelled:
-                pass  # frames not annotated stay out; what was done is written below
+    outcomes = _run_units(function, frames, annotate)
     results = {frame: outcome for frame, outcome in outcomes.items() if isinstance(outcome, tuple)}
     cleanup_frames = target_frames(services.store, task, request["job"]) if parameters.get("cleanup") else None
-    services.store.write_results(request_id, task, results, cleanup_frames)
-
+    try:
+        services.store.write_results(request["id"], run, task, results, cleanup_frames)
+    except StaleRun as error:
+        log.warning("%s", error)
+        return {"frames": len(frames), "written": 0, "failed": 0, "canceled": len(frames), "stale": True}
     for frame, outcome in outcomes.items():
-        if isinstance(outcome, FrameFailure):
-            services.book.frame_failed(request_id, frame, outcome.reason)
+        if isinstance(outcome, UnitFailure):
+            services.book.frame_failed(run, frame, outcome.reason)
         else:
-            services.book.frame_done(request_id, frame)
+            services.book.frame_done(run, frame)
     return {"frames": len(frames), "written": len(results), "failed": len(outcomes) - len(results),
             "canceled": len(frames) - len(outcomes)}
 
 
-def _finish_if_complete(book: RequestBook, request_id: str) -> None:
-    request = book.get(request_id)
+def _match_pairs(request: dict, frames: list[int], services: Services) -> dict:
+    """ReID: the function's matching for each frame pair (f, f + 1), kept in Redis for the linking."""
+    run, parameters, task = request["run"], request["parameters"], request["task"]
+    function = _function_or_fail(request, frames, services)
+    if function is None:
+        return {"pairs": len(frames), "matched": 0, "failed": len(frames), "canceled": 0}
+    extra = {key: parameters[key] for key in ("threshold", "max_distance") if parameters.get(key) is not None}
+
+    def match(frame: int):
+        boxes = services.store.rectangles(task, [frame, frame + 1])
+        boxes0, boxes1 = boxes.get(frame, []), boxes.get(frame + 1, [])
+        payload = {"image0": base64.b64encode(services.store.frame_bytes(task, frame)).decode(),
+                   "image1": base64.b64encode(services.store.frame_bytes(task, frame + 1)).decode(),
+                   "boxes0": boxes0, "boxes1": boxes1, **extra}
+        try:
+            reply = _call_with_retries(services, run, function, payload)
+        except GatewayError as error:
+            return UnitFailure(f"function {function.id} answered {error.status}: {error.message}")
+        try:
+            return reid.checked_matching(reply, boxes0, boxes1)
+        except reid.BadMatching as error:
+            return UnitFailure(f"function {function.id} returned an unusable matching: {error}")
+
+    outcomes = _run_units(function, frames, match)
+    for frame, outcome in outcomes.items():
+        if isinstance(outcome, UnitFailure):
+            services.book.frame_failed(run, frame, outcome.reason)
+        else:
+            services.book.set_links(run, frame, outcome)
+            services.book.frame_done(run, frame)
+    failed = sum(isinstance(outcome, UnitFailure) for outcome in outcomes.values())
+    return {"pairs": len(frames), "matched": len(outcomes) - failed, "failed": failed,
+            "canceled": len(frames) - len(outcomes)}
+
+
+def finish_if_complete(services: Services, run: str) -> None:
+    """End the run once every unit is done or failed; for ReID, link the pairs into tracks first."""
+    book = services.book
+    request = book.get_run(run)
     if request is None:
         return
-    frames = request["frames"]
-    if request["status"] not in ("queued", "started") or frames["done"] + frames["failed"] < frames["total"]:
+    units = request["frames"]
+    if request["status"] not in ("queued", "started") or units["done"] + units["failed"] < units["total"]:
         return
-    if frames["done"] == 0 and frames["total"] > 0:
-        book.finish(request_id, "failed", f"every frame failed; first: frame {request['failures'][0]['frame']}: "
-                                          f"{request['failures'][0]['reason']}")
-    else:
-        book.finish(request_id, "finished")
+    what = "frame pair" if request["kind"] == "reid" else "frame"
+    if units["done"] == 0 and units["total"] > 0:
+        first = request["failures"][0]
+        book.finish(run, "failed", f"every {what} failed; first: {what} {first['frame']}: {first['reason']}")
+        return
+    if request["kind"] == "reid":
+        task = request["task"]
+        frames = target_frames(services.store, task, request["job"])
+        last_frame = services.store.get_task(task)["size"] - 1
+        try:
+            services.store.replace_with_tracks(request["id"], run, task, frames,
+                                               lambda rectangles: reid.link(rectangles, book.links(run), last_frame))
+        except StaleRun as error:
+            log.warning("%s", error)
+            return
+        except (InvalidInput, NotFound) as error:  # the task changed under the request
+            book.finish(run, "failed", f"the tracks could not be written: {error}")
+            return
+    book.finish(run, "finished")

@@ -208,7 +208,8 @@ def _run(client: httpx.Client, function: dict, files: list[Path], threshold: flo
         print("\ncanceling...", file=sys.stderr)
         client.delete(f"/api/lambda/requests/{request['id']}")
         request = _follow(client, request, len(files), show=False)
-        print(f"{request['status']}: {request['exc_info']}. Task {task['id']} keeps them: "
+        status = "canceled" if request["cancel_requested"] else request["status"]
+        print(f"{status}: {request['exc_info']}. Task {task['id']} keeps them: "
               f"GET /api/tasks/{task['id']}/export?format={output_format}", file=sys.stderr)
         return 130
 

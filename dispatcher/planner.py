@@ -1,21 +1,29 @@
-"""Annotation requests: their ids, who may run at the same time, their chunks and their progress.
+"""Annotation requests: their ids, their runs, who may run at the same time, their chunks and their
+progress.
+
+A request id is CVAT's, keyed by target, so it repeats: every time a target is annotated again the
+id names a new **run**. Runs have ids of their own, and everything that happens to one is recorded
+under its run id, so that a chunk still finishing an old run (canceled, or on a host that lost its
+link) can never touch the next run's numbers; the task store fences its writes the same way.
 
 State lives in Redis so that the API and any number of workers on any host share it (``dispatcher``
 is the default key prefix):
 
-- ``dispatcher:request:<id>``: a hash with the request's parameters and status;
-- ``dispatcher:request:<id>:done`` / ``:failures``: the frames done, and frame -> reason for frames
-  that failed for good. Sets, not counters: a chunk retried after its worker died must not count
-  its frames twice;
-- ``dispatcher:request:<id>:chunks`` / ``:active``: the RQ job ids of its chunks, and those running
-  now (the last one to stop after a cancel ends the request);
-- ``dispatcher:running:task:<task>`` / ``dispatcher:running:job:<job>``: the request holding a target;
+- ``dispatcher:current:<request id>``: the run the request id names now;
+- ``dispatcher:run:<run>``: a hash with the run's request id, kind, parameters and status;
+- ``dispatcher:run:<run>:done`` / ``:failures``: the units done, and unit -> reason for units that
+  failed for good. A unit is a frame, or for ReID the frame pair (frame, frame + 1). Sets, not
+  counters: a chunk retried after its worker died must not count its units twice;
+- ``dispatcher:run:<run>:links``: ReID's matches per frame pair, linked into tracks at the end;
+- ``dispatcher:run:<run>:chunks`` / ``:active``: the RQ job ids of its chunks, and those running now;
+- ``dispatcher:running:task:<task>`` / ``dispatcher:running:job:<job>``: the run holding a target;
 - ``dispatcher:requests``: every request id, for listing.
 
 Unlike CVAT (cvat-compat.md section 8): requests are keyed by their target, so two jobs of one task
-can run together (defect 12) and only overlapping targets conflict; progress counts the frames of
+can run together (defect 12) and only overlapping targets conflict; progress counts the units of
 the target, so job runs go from 0 to 100 (defect 7); failed and canceled requests stay listed with
-their reason until their TTL (defect 11).
+their reason until their TTL (defect 11). A cancel frees the target at once, so a new request on it
+is accepted right away (9.5); the canceled run ends when its last running chunk has stopped.
 """
 
 from __future__ import annotations
@@ -30,26 +38,25 @@ from dataclasses import dataclass
 import redis
 import rq
 
-from dispatcher.store import Store
-
 PREFIX = "dispatcher"
 QUEUE = "annotation"  # CVAT's queue name for auto-annotation
 CHUNK_FUNCTION = "dispatcher.chunks.annotate_chunk"
 CHUNK_FAILED = "dispatcher.chunks.chunk_failed"  # RQ's failure callback of a chunk job
 # A chunk whose worker died (RQ's abandoned job) or crashed runs again, this many times.
 CHUNK_RETRIES = 3
-SUFFIXES = ("", ":done", ":failures", ":chunks", ":active")
-FINAL_STATES = ("finished", "failed", "canceled")  # RQ's spellings, which CVAT's UI reads
-# Take a target only if no live request holds an overlapping one: a task run conflicts with any run
+RUN_SUFFIXES = ("", ":done", ":failures", ":links", ":chunks", ":active")
+FINAL_STATES = ("finished", "failed", "canceled")
+KINDS = ("detector", "reid")  # what a run does: annotate frames, or link rectangles into tracks
+# Take a target only if no live run holds an overlapping one: a task run conflicts with any run
 # of the task or of one of its jobs; a job run with a run of that job or of its task. A holder whose
 # record is gone or final (its process died before releasing) does not count. One script, so two
-# clients asking at once cannot both win; it also starts the new record as queued.
+# clients asking at once cannot both win; it also starts the new run's record as queued.
 # KEYS: own target key, then (task run) the task's job-runs set, or (job run) the task key and that set.
-# ARGV: request id, "task" or "job", the request key prefix.
+# ARGV: run id, "task" or "job", the run key prefix.
 _CLAIM = """
-local function live(rid)
-  if not rid then return false end
-  local status = redis.call('HGET', ARGV[3] .. rid, 'status')
+local function live(run)
+  if not run then return false end
+  local status = redis.call('HGET', ARGV[3] .. run, 'status')
   return status == 'queued' or status == 'started'
 end
 local holder = redis.call('GET', KEYS[1])
@@ -58,19 +65,23 @@ if ARGV[2] == 'job' then
   holder = redis.call('GET', KEYS[2])
   if live(holder) then return holder end
 else
-  for _, rid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    if live(rid) then return rid end
-    redis.call('SREM', KEYS[2], rid)
+  for _, run in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if live(run) then return run end
+    redis.call('SREM', KEYS[2], run)
   end
 end
 redis.call('SET', KEYS[1], ARGV[1])
 if ARGV[2] == 'job' then redis.call('SADD', KEYS[3], ARGV[1]) end
-redis.call('DEL', ARGV[3] .. ARGV[1], ARGV[3] .. ARGV[1] .. ':done', ARGV[3] .. ARGV[1] .. ':failures',
-           ARGV[3] .. ARGV[1] .. ':chunks', ARGV[3] .. ARGV[1] .. ':active')
 redis.call('HSET', ARGV[3] .. ARGV[1], 'status', 'queued')
 return false
 """
-# Release a target only if this request still holds it. KEYS: own target key[, the task's job-runs set].
+# KEYS: the run's record. ARGV: now.
+_START = """
+if redis.call('HGET', KEYS[1], 'status') == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'started', 'started', ARGV[1])
+end
+"""
+# Release a target only if this run still holds it. KEYS: own target key[, the task's job-runs set].
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[1]) end
@@ -98,11 +109,11 @@ def request_id(target: str, target_id: int) -> str:
                     (("action", "autoannotate"), ("target", target), ("target_id", target_id)))
 
 
-def plan_chunks(frames: list[int], chunk_size: int) -> list[list[int]]:
-    """Consecutive runs of at most ``chunk_size`` frames, in order: one RQ job each, never one per frame."""
+def plan_chunks(units: list[int], chunk_size: int) -> list[list[int]]:
+    """Consecutive runs of at most ``chunk_size`` units, in order: one RQ job each, never one per unit."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    return [frames[start:start + chunk_size] for start in range(0, len(frames), chunk_size)]
+    return [units[start:start + chunk_size] for start in range(0, len(units), chunk_size)]
 
 
 class Conflict(Exception):
@@ -123,8 +134,14 @@ class Target:
         return self.task if self.job is None else self.job
 
 
+@dataclass(frozen=True)
+class Run:
+    request_id: str  # CVAT's, repeated by every run on the same target
+    id: str  # this run's own
+
+
 class RequestBook:
-    """Every request's record in Redis."""
+    """Every request's runs, in Redis."""
 
     def __init__(self, client: redis.Redis, finished_ttl: int, failed_ttl: int, prefix: str = PREFIX):
         self.redis = client
@@ -133,9 +150,13 @@ class RequestBook:
         self.failed_ttl = failed_ttl
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._start = client.register_script(_START)
 
-    def _key(self, rid: str, suffix: str = "") -> str:
-        return f"{self.prefix}:request:{rid}{suffix}"
+    def _key(self, run: str, suffix: str = "") -> str:
+        return f"{self.prefix}:run:{run}{suffix}"
+
+    def _current_key(self, rid: str) -> str:
+        return f"{self.prefix}:current:{rid}"
 
     def _holder_keys(self, target: Target) -> list[str]:
         task_key = f"{self.prefix}:running:task:{target.task}"
@@ -144,53 +165,70 @@ class RequestBook:
             return [task_key, task_jobs_key]
         return [f"{self.prefix}:running:job:{target.job}", task_key, task_jobs_key]
 
-    def create(self, target: Target, function_id: str, parameters: dict, frames: list[int]) -> str:
-        """Record a new queued request for ``frames`` of ``target``; raises Conflict with CVAT's message."""
-        rid = request_id(target.kind, target.id)
-        holder = self._claim(keys=self._holder_keys(target), args=[rid, target.kind, self._key("")])
+    def create(self, target: Target, function_id: str, parameters: dict, units: list[int],
+               kind: str = "detector") -> Run:
+        """Record a new queued run for ``units`` of ``target``; raises Conflict with CVAT's message."""
+        if kind not in KINDS:
+            raise ValueError(f"{kind!r} is not one of {', '.join(KINDS)}")
+        run = Run(request_id(target.kind, target.id), uuid.uuid4().hex)
+        holder = self._claim(keys=self._holder_keys(target), args=[run.id, target.kind, self._key("")])
         if holder is not None:
+            holder_run = self.get_run(holder.decode() if isinstance(holder, bytes) else holder)
+            holder_id = holder_run["id"] if holder_run else "a request that just ended"
             raise Conflict(f"Only one running request is allowed for the same {target.kind} #{target.id} "
-                           f"(running: {holder.decode() if isinstance(holder, bytes) else holder})")
-        now = time.time()
-        record = {"function": function_id, "task": target.task, "job": "" if target.job is None else target.job,
-                  "parameters": json.dumps(parameters), "status": "queued", "total": len(frames),
-                  "enqueued": now, "started": "", "ended": "", "exc_info": "", "cancel": 0}
-        with self.redis.pipeline() as pipe:  # the claim replaced any finished record of the same id
-            pipe.hset(self._key(rid), mapping=record)
-            pipe.sadd(f"{self.prefix}:requests", rid)
+                           f"(running: {holder_id})")
+        record = {"request": run.request_id, "kind": kind, "function": function_id, "task": target.task,
+                  "job": "" if target.job is None else target.job, "parameters": json.dumps(parameters),
+                  "status": "queued", "total": len(units), "enqueued": time.time(), "started": "", "ended": "",
+                  "exc_info": "", "cancel": 0}
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._key(run.id), mapping=record)
+            pipe.set(self._current_key(run.request_id), run.id)  # the previous run of this id is history
+            pipe.sadd(f"{self.prefix}:requests", run.request_id)
             pipe.execute()
-        return rid
+        return run
 
-    def add_chunk_jobs(self, rid: str, job_ids: list[str]) -> None:
-        self.redis.sadd(self._key(rid, ":chunks"), *job_ids)
+    def add_chunk_jobs(self, run: str, job_ids: list[str]) -> None:
+        self.redis.sadd(self._key(run, ":chunks"), *job_ids)
 
-    def chunk_jobs(self, rid: str) -> list[str]:
-        """The RQ job ids of a request's chunks (a cancel removes the ones still queued)."""
-        return sorted(m.decode() for m in self.redis.smembers(self._key(rid, ":chunks")))
+    def chunk_jobs(self, run: str) -> list[str]:
+        """The RQ job ids of a run's chunks (a cancel removes the ones still queued)."""
+        return sorted(m.decode() for m in self.redis.smembers(self._key(run, ":chunks")))
+
+    def current_run(self, rid: str) -> str | None:
+        run = self.redis.get(self._current_key(rid))
+        return run.decode() if run else None
 
     def get(self, rid: str) -> dict | None:
-        """The request as the API shows it, or None when unknown or expired."""
-        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(rid)).items()}
-        if not raw:
+        """The request's current run as the API shows it, or None when unknown or expired."""
+        run = self.current_run(rid)
+        record = self.get_run(run) if run else None
+        if record is None:
             self.redis.srem(f"{self.prefix}:requests", rid)  # expired: stop listing it
+        return record
+
+    def get_run(self, run: str) -> dict | None:
+        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(run)).items()}
+        if "request" not in raw:  # unknown, expired, or only the claim's marker of a run being created
             return None
-        failures = {int(f): r.decode() for f, r in self.redis.hgetall(self._key(rid, ":failures")).items()}
-        total, done, failed = int(raw["total"]), self.redis.scard(self._key(rid, ":done")), len(failures)
+        failures = {int(u): r.decode() for u, r in self.redis.hgetall(self._key(run, ":failures")).items()}
+        total, done, failed = int(raw["total"]), self.redis.scard(self._key(run, ":done")), len(failures)
         started = float(raw["started"]) if raw["started"] else None
         ended = float(raw["ended"]) if raw["ended"] else None
         elapsed = ((ended or time.time()) - started) if started else 0.0
         fps = done / elapsed if elapsed > 0 else 0.0
-        remaining = total - done - failed
+        remaining = max(total - done - failed, 0)
         return {
-            "id": rid, "function_id": raw["function"], "task": int(raw["task"]),
-            "job": int(raw["job"]) if raw["job"] else None, "parameters": json.loads(raw["parameters"]),
-            "status": raw["status"], "enqueued": float(raw["enqueued"]), "started": started, "ended": ended,
-            "exc_info": raw["exc_info"] or None,
-            # Frames of the target, not of the task: a job run goes from 0 to 100 too (defect 7).
-            "progress": 100 if raw["status"] == "finished" else (100 * (done + failed) // total if total else 0),
+            "id": raw["request"], "run": run, "kind": raw["kind"], "function_id": raw["function"],
+            "task": int(raw["task"]), "job": int(raw["job"]) if raw["job"] else None,
+            "parameters": json.loads(raw["parameters"]), "status": raw["status"], "enqueued": float(raw["enqueued"]),
+            "started": started, "ended": ended, "exc_info": raw["exc_info"] or None,
+            # Units of the target, not of the task: a job run goes from 0 to 100 too (defect 7).
+            "progress": 100 if raw["status"] == "finished" else (min(100 * (done + failed) // total, 100)
+                                                                 if total else 0),
             "frames": {"total": total, "done": done, "failed": failed},
             "fps": round(fps, 2), "eta_seconds": round(remaining / fps, 1) if fps > 0 and remaining else None,
-            "failures": [{"frame": frame, "reason": failures[frame]} for frame in sorted(failures)],
+            "failures": [{"frame": unit, "reason": failures[unit]} for unit in sorted(failures)],
             "cancel_requested": raw["cancel"] == "1",
         }
 
@@ -198,74 +236,83 @@ class RequestBook:
         ids = sorted(m.decode() for m in self.redis.smembers(f"{self.prefix}:requests"))
         return [request for request in (self.get(rid) for rid in ids) if request is not None]
 
-    def mark_started(self, rid: str) -> None:
-        """The first chunk to start moves the request from queued to started (once)."""
-        if self.redis.hsetnx(self._key(rid), "started_marker", 1):
-            self.redis.hset(self._key(rid), mapping={"status": "started", "started": time.time()})
+    def mark_started(self, run: str) -> None:
+        """The first chunk to start moves the run from queued to started; a run that has ended stays so."""
+        self._start(keys=[self._key(run)], args=[time.time()])
 
-    def frame_done(self, rid: str, frame: int) -> None:
-        with self.redis.pipeline() as pipe:  # a frame that failed before and now succeeded is done
-            pipe.sadd(self._key(rid, ":done"), frame)
-            pipe.hdel(self._key(rid, ":failures"), frame)
+    def frame_done(self, run: str, frame: int) -> None:
+        with self.redis.pipeline() as pipe:  # a unit that failed before and now succeeded is done
+            pipe.sadd(self._key(run, ":done"), frame)
+            pipe.hdel(self._key(run, ":failures"), frame)
             pipe.execute()
 
-    def frames_done(self, rid: str) -> set[int]:
-        return {int(frame) for frame in self.redis.smembers(self._key(rid, ":done"))}
+    def frames_done(self, run: str) -> set[int]:
+        return {int(frame) for frame in self.redis.smembers(self._key(run, ":done"))}
 
-    def frame_failed(self, rid: str, frame: int, reason: str) -> None:
-        """A frame whose results a previous run of its chunk stored stays done."""
-        if not self.redis.sismember(self._key(rid, ":done"), frame):
-            self.redis.hset(self._key(rid, ":failures"), frame, reason)
+    def frame_failed(self, run: str, frame: int, reason: str) -> None:
+        """A unit whose results a previous run of its chunk stored stays done."""
+        if not self.redis.sismember(self._key(run, ":done"), frame):
+            self.redis.hset(self._key(run, ":failures"), frame, reason)
 
-    def request_cancel(self, rid: str) -> bool:
-        """Set the flag every chunk checks before each call; False when the request is unknown."""
-        if not self.redis.exists(self._key(rid)):
+    def set_links(self, run: str, frame: int, links: list[list[int]]) -> None:
+        """ReID: the annotation id pairs (on ``frame``, on ``frame + 1``) the function matched."""
+        self.redis.hset(self._key(run, ":links"), frame, json.dumps(links))
+
+    def links(self, run: str) -> dict[int, list[list[int]]]:
+        return {int(frame): json.loads(links) for frame, links in self.redis.hgetall(self._key(run, ":links")).items()}
+
+    def request_cancel(self, run: str) -> bool:
+        """Set the flag every chunk checks before each call; False when the run is unknown."""
+        if not self.redis.exists(self._key(run)):
             return False
-        self.redis.hset(self._key(rid), "cancel", 1)
+        self.redis.hset(self._key(run), "cancel", 1)
         return True
 
-    def cancel_requested(self, rid: str) -> bool:
-        return self.redis.hget(self._key(rid), "cancel") == b"1"
+    def cancel_requested(self, run: str) -> bool:
+        return self.redis.hget(self._key(run), "cancel") == b"1"
 
-    def chunk_started(self, rid: str, chunk_id: str) -> None:
-        self.redis.sadd(self._key(rid, ":active"), chunk_id)
+    def chunk_started(self, run: str, chunk_id: str) -> None:
+        self.redis.sadd(self._key(run, ":active"), chunk_id)
 
-    def chunk_ended(self, rid: str, chunk_id: str) -> int:
-        """Returns how many of the request's chunks are still running. A chunk run again after its
+    def chunk_ended(self, run: str, chunk_id: str) -> int:
+        """Returns how many of the run's chunks are still running. A chunk run again after its
         worker died re-adds its own id, so a dead worker's entry does not stay behind."""
         with self.redis.pipeline() as pipe:  # MULTI: exactly one ender sees the set empty
-            pipe.srem(self._key(rid, ":active"), chunk_id)
-            pipe.scard(self._key(rid, ":active"))
+            pipe.srem(self._key(run, ":active"), chunk_id)
+            pipe.scard(self._key(run, ":active"))
             return pipe.execute()[1]
 
-    def running_chunks(self, rid: str) -> int:
-        return self.redis.scard(self._key(rid, ":active"))
+    def running_chunks(self, run: str) -> int:
+        return self.redis.scard(self._key(run, ":active"))
 
-    def finish_canceled(self, rid: str) -> None:
-        record = self.get(rid)
-        if record is None:
-            return
-        frames = record["frames"]
-        self.finish(rid, "canceled", f"canceled on request after {frames['done']} of {frames['total']} frames; "
-                                     f"the annotations of those {frames['done']} frames were kept"
-                                     + (f"; {frames['failed']} frames failed" if frames["failed"] else ""))
-
-    def finish(self, rid: str, status: str, exc_info: str = "") -> None:
-        """Final state: release the target, keep the record (and its failures) until its TTL."""
+    def finish(self, run: str, status: str, exc_info: str = "") -> bool:
+        """Final state: release the target, keep the record (and its failures) until its TTL. Only
+        the first call for a run does anything, and says so by returning True."""
         if status not in FINAL_STATES:
             raise ValueError(f"{status!r} is not a final state ({', '.join(FINAL_STATES)})")
-        record = self.get(rid)
-        if record is None or record["status"] in FINAL_STATES:  # e.g. a cancel and the last chunk at once
-            return
-        target = Target(record["task"], record["job"])
+        if not self.redis.hsetnx(self._key(run), "ended_marker", 1):
+            return False  # e.g. a cancel and the last chunk at once
+        record = self.get_run(run)
+        if record is None:
+            return False
         ttl = self.finished_ttl if status == "finished" else self.failed_ttl
-        holder_keys = self._holder_keys(target)
         with self.redis.pipeline() as pipe:
-            pipe.hset(self._key(rid), mapping={"status": status, "ended": time.time(), "exc_info": exc_info})
-            for suffix in SUFFIXES:
-                pipe.expire(self._key(rid, suffix), ttl)
+            pipe.hset(self._key(run), mapping={"status": status, "ended": time.time(), "exc_info": exc_info})
+            for suffix in RUN_SUFFIXES:
+                pipe.expire(self._key(run, suffix), ttl)
             pipe.execute()
-        self._release(keys=[holder_keys[0]] + ([holder_keys[2]] if target.job is not None else []), args=[rid])
+        # The request id's pointer expires with its current run; a newer run has replaced it already.
+        if self.current_run(record["id"]) == run:
+            self.redis.expire(self._current_key(record["id"]), ttl)
+        self.release(record)
+        return True
+
+    def release(self, record: dict) -> None:
+        """Free the run's target for the next request (idempotent)."""
+        target = Target(record["task"], record["job"])
+        holder_keys = self._holder_keys(target)
+        self._release(keys=[holder_keys[0]] + ([holder_keys[2]] if target.job is not None else []),
+                      args=[record["run"]])
 
 
 class CallSlots:
@@ -323,42 +370,45 @@ class CallSlots:
                     pipe.execute()
 
 
-def submit(book: RequestBook, queue: rq.Queue, store: Store, target: Target, function_id: str, parameters: dict,
-           frames: list[int], chunk_size: int, job_timeout: int) -> str:
-    """Record a request and enqueue one RQ job per chunk of its frames; raises Conflict (409)."""
-    rid = book.create(target, function_id, parameters, frames)
-    # CVAT's ids repeat per target: the previous run's shapes become the task's own (not replaced
-    # by this run's writes) and its cleanup claim goes, before any chunk of this run writes.
-    store.forget_request(rid)
-    chunks = plan_chunks(frames, chunk_size)
+def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str, parameters: dict,
+           units: list[int], chunk_size: int, job_timeout: int, kind: str = "detector",
+           begin=lambda run: None) -> Run:
+    """Record a run and enqueue one RQ job per chunk of its units; raises Conflict (409).
+    ``begin(run)`` runs before any chunk is queued (the task store fences its writes by run)."""
+    run = book.create(target, function_id, parameters, units, kind)
+    begin(run)
+    # No units (ReID on a target without pairs) is still one chunk: its worker ends the run, and a
+    # ReID run's end is where rectangles become tracks.
+    chunks = plan_chunks(units, chunk_size) or [[]]
     # RQ job ids allow letters, digits, '-' and '_' only, so chunks get ids of their own.
-    job_ids = [f"autoannotate-{target.kind}-{target.id}-{uuid.uuid4().hex[:12]}-{index}" for index in range(len(chunks))]
-    if job_ids:
-        book.add_chunk_jobs(rid, job_ids)
+    job_ids = [f"autoannotate-{target.kind}-{target.id}-{run.id[:12]}-{index}" for index in range(len(chunks))]
+    book.add_chunk_jobs(run.id, job_ids)
     for job_id, chunk in zip(job_ids, chunks):
-        queue.enqueue(CHUNK_FUNCTION, rid, chunk, job_id=job_id, job_timeout=job_timeout,
+        queue.enqueue(CHUNK_FUNCTION, run.id, chunk, job_id=job_id, job_timeout=job_timeout,
                       result_ttl=book.finished_ttl, failure_ttl=book.failed_ttl,
                       retry=rq.Retry(max=CHUNK_RETRIES), on_failure=rq.Callback(CHUNK_FAILED))
-    if not frames:
-        book.finish(rid, "finished")  # nothing to annotate
-    return rid
+    return run
 
 
 def cancel(book: RequestBook, queue: rq.Queue, rid: str) -> bool:
-    """Stop a request: running chunks see the flag before their next call and write what they have;
-    queued chunks are removed. The request ends as canceled when its last running chunk stops, or
-    now if none runs. False when the request is unknown."""
+    """Stop a request: queued chunks are removed, running ones see the flag before their next call
+    and store what they finished; the last of them ends the run as canceled (now, if none runs).
+    The target is free at once, so a new request on it is accepted right away (9.5); the task
+    store keeps this run's late writes from mixing with the new run's. False when the request is
+    unknown."""
     record = book.get(rid)
     if record is None:
         return False
     if record["status"] in FINAL_STATES:
         return True
-    book.request_cancel(rid)
-    for job_id in book.chunk_jobs(rid):
+    run = record["run"]
+    book.request_cancel(run)
+    for job_id in book.chunk_jobs(run):
         job = queue.fetch_job(job_id)
         if job is not None and job.get_status() in (rq.job.JobStatus.QUEUED, rq.job.JobStatus.SCHEDULED,
                                                     rq.job.JobStatus.DEFERRED):
             job.cancel()
-    if book.running_chunks(rid) == 0:
-        book.finish_canceled(rid)
+    book.release(record)
+    if book.running_chunks(run) == 0:
+        book.finish(run, "canceled")
     return True

@@ -20,9 +20,10 @@ from pathlib import Path, PurePath
 
 import numpy as np
 from sqlalchemy import (JSON, Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-                        create_engine, delete, event, func, insert, select, text, update)
+                        create_engine, delete, event, func, insert, or_, select, text, update)
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dispatcher import tracks
 from dispatcher.converter import BadFunctionOutput, TaskAttribute, TaskLabel
 from dispatcher.converter import checked_points, is_int, is_number
 from serverless.common import masks
@@ -38,6 +39,10 @@ class NotFound(LookupError):
 
 class InvalidInput(ValueError):
     """A request the store refuses (the API answers 400); the message starts with the field."""
+
+
+class StaleRun(Exception):
+    """A write from a run its request id no longer names: nothing was written."""
 
 
 metadata = MetaData()
@@ -111,6 +116,16 @@ requests_cleanup = Table(
     "requests_cleanup", metadata,
     Column("request_id", String, primary_key=True),
     Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+)
+# The run each request id names now: a chunk of any other run of that id (canceled, or on a host
+# that lost its link) writes nothing. The row lock serialises a new run's start and the old run's
+# last writes, so each write lands either before the new run took over or not at all.
+request_runs = Table(
+    "request_runs", metadata,
+    Column("request_id", String, primary_key=True),
+    Column("run", String, nullable=False),
+    Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("tracks_written", Boolean, nullable=False),  # ReID: its tracks replaced the rectangles
 )
 # The frames a request has written results for, with no shapes too; the row lock serialises two
 # writers of one (request, frame).
@@ -380,6 +395,16 @@ class Store:
         except InvalidInput as error:
             raise NotFound(f"task {task_id}: {error}") from None
 
+    def frame_size(self, task_id: int, frame: int) -> tuple[int, int]:
+        """A frame's width and height as stored (EXIF orientation applied), without decoding it."""
+        with self._engine.begin() as connection:
+            _task_row(connection, task_id)
+            row = connection.execute(select(frames.c.width, frames.c.height)
+                                     .where(frames.c.task_id == task_id, frames.c.frame == frame)).first()
+        if row is None:
+            raise NotFound(f"task {task_id} has no frame {frame}")
+        return row.width, row.height
+
     def frames_meta(self, task_id: int) -> dict:
         """The frame list in the shape of CVAT's ``/api/tasks/<id>/data/meta``."""
         with self._engine.begin() as connection:
@@ -393,19 +418,31 @@ class Store:
     # Annotations
 
     def get_annotations(self, task_id: int, job_id: int | None = None, frame: int | None = None) -> dict:
-        """The task's (or job's) annotations; ``frame``: only those on that frame (a track: where it starts)."""
+        """The task's (or a job's, or one frame's) annotations: tags and shapes on those frames, and
+        the tracks visible on at least one of them."""
         with self._engine.begin() as connection:
             _task_row(connection, task_id)
-            query = select(annotations.c.id, annotations.c.kind, annotations.c.content).where(
-                annotations.c.task_id == task_id)
-            if frame is not None:
-                query = query.where(annotations.c.frame == frame)
+            task_last = _task_size(connection, task_id) - 1
+            first, last = 0, task_last
             if job_id is not None:
                 job = connection.execute(select(jobs).where(jobs.c.id == job_id, jobs.c.task_id == task_id)).first()
                 if job is None:
                     raise NotFound(f"task {task_id} has no job {job_id}")
-                query = query.where(annotations.c.frame.between(job.start_frame, job.stop_frame))
+                first, last = job.start_frame, job.stop_frame
+            if frame is not None:
+                first, last = max(first, frame), min(last, frame)
+            whole = (first, last) == (0, task_last)
+            query = select(annotations.c.id, annotations.c.kind, annotations.c.content).where(
+                annotations.c.task_id == task_id)
+            if not whole:
+                # A track is filed under its first frame but may reach into the range from before it.
+                query = query.where(annotations.c.frame <= last,
+                                    or_(annotations.c.frame >= first, annotations.c.kind == "tracks"))
             rows = connection.execute(query.order_by(annotations.c.id)).all()
+        if not whole:
+            rows = [row for row in rows if row.kind != "tracks" or any(
+                not shape["outside"] and first <= shape["frame"] <= last
+                for shape in tracks.frames_of(row.content, task_last))]
         return _labeled_data(rows)
 
     def put_annotations(self, task_id: int, data: dict) -> dict:
@@ -446,16 +483,18 @@ class Store:
 
     # Results of annotation requests (the RQ workers)
 
-    def write_results(self, request_id: str, task_id: int, results: dict[int, tuple[list[dict], list[dict]]],
-                      cleanup_frames: list[int] | None) -> bool:
+    def write_results(self, request_id: str, run: str, task_id: int,
+                      results: dict[int, tuple[list[dict], list[dict]]], cleanup_frames: list[int] | None) -> bool:
         """Write one chunk of a request's results, ``frame -> (tags, shapes)``, in one transaction.
 
         With ``cleanup_frames`` (the request's target frames), the first chunk of the request to
         get here deletes the annotations on those frames that the request did not write; later and
         concurrent chunks do not. A frame written again (a retried chunk) replaces what the request
-        wrote there before. Returns whether this call did the cleanup.
+        wrote there before. Returns whether this call did the cleanup. Raises StaleRun when ``run``
+        is no longer the request's run.
         """
         with self._engine.begin() as connection:
+            self._hold_run(connection, request_id, run)
             context = _TaskContext.load(connection, task_id)
             items = []
             for frame in sorted(results):
@@ -497,45 +536,95 @@ class Store:
                 _insert_items(connection, task_id, items, request_id=request_id)
             return cleaned
 
+    def rectangles(self, task_id: int, frames: list[int]) -> dict[int, list[dict]]:
+        """The rectangle shapes on ``frames``, by frame, each with its id, in id order."""
+        with self._engine.begin() as connection:
+            _task_row(connection, task_id)
+            return _rectangles(connection, task_id, frames)
+
+    def replace_with_tracks(self, request_id: str, run: str, task_id: int, frames: list[int], link) -> bool:
+        """ReID's result: the rectangles on ``frames`` replaced, in one transaction, by the tracks
+        ``link(rectangles_by_frame)`` makes of them. Once per run: False when they were already
+        written; StaleRun when ``run`` is no longer the request's run."""
+        with self._engine.begin() as connection:
+            if self._hold_run(connection, request_id, run).tracks_written:
+                return False
+            by_frame = _rectangles(connection, task_id, frames)
+            context = _TaskContext.load(connection, task_id)
+            new_tracks = [("tracks", _checked_track(track, f"tracks[{index}]", context))
+                          for index, track in enumerate(link(by_frame))]
+            for batch in _batches([box["id"] for boxes in by_frame.values() for box in boxes]):
+                connection.execute(delete(annotations).where(annotations.c.id.in_(batch)))
+            _insert_items(connection, task_id, new_tracks, request_id=request_id)
+            connection.execute(update(request_runs).where(request_runs.c.request_id == request_id)
+                               .values(tracks_written=True))
+        return True
+
     def request_frames(self, request_id: str) -> set[int]:
         """The frames the request has written results for, those without any shape included."""
         with self._engine.begin() as connection:
             return set(connection.execute(
                 select(request_frames.c.frame).where(request_frames.c.request_id == request_id)).scalars())
 
-    def forget_request(self, request_id: str) -> None:
-        """Drop a request's bookkeeping; its annotations stay, as the task's own. CVAT's request
-        ids repeat (one per target), so the next run with this id starts afresh."""
+    def begin_run(self, request_id: str, run: str, task_id: int) -> None:
+        """Make ``run`` the request's run: earlier runs of the id write nothing from now on, their
+        annotations stay as the task's own, and the bookkeeping starts afresh. CVAT's request ids
+        repeat (one per target), so every run on a target comes through here."""
         with self._engine.begin() as connection:
+            upsert = self._upsert(request_runs)
+            connection.execute(upsert.values(request_id=request_id, run=run, task_id=task_id, tracks_written=False)
+                               .on_conflict_do_update(index_elements=[request_runs.c.request_id],
+                                                      set_={"run": run, "task_id": task_id, "tracks_written": False}))
             connection.execute(delete(requests_cleanup).where(requests_cleanup.c.request_id == request_id))
             connection.execute(delete(request_frames).where(request_frames.c.request_id == request_id))
             connection.execute(update(annotations).where(annotations.c.request_id == request_id)
                                .values(request_id=None))
 
+    @staticmethod
+    def _hold_run(connection, request_id: str, run: str):
+        """Lock the request's run row for this transaction; StaleRun unless ``run`` is its run."""
+        row = connection.execute(select(request_runs).where(request_runs.c.request_id == request_id)
+                                 .with_for_update()).first()
+        if row is None or row.run != run:
+            raise StaleRun(f"run {run} of request {request_id} has been replaced; nothing was written")
+        return row
+
     # Exports
 
     def export_coco(self, task_id: int) -> dict:
         """COCO detection JSON: rectangles, polygons and masks (an uncompressed COCO RLE, column-major
-        over the whole image, as pycocotools' frPyObjects reads it). Other shapes, tags and tracks
-        have no place in it and are left out."""
+        over the whole image, as pycocotools' frPyObjects reads it), the shapes of tracks on every
+        frame they are visible with ``track_id`` (0, 1, ... in track order) and ``keyframe`` among
+        the attributes. Other shapes and tags have no place in it and are left out."""
         task = self.get_task(task_id)
         meta = self.frames_meta(task_id)["frames"]
         category_of = {label["id"]: index for index, label in enumerate(task["labels"], 1)}
         attribute_names = _attribute_names(task["labels"])
+        data = self.get_annotations(task_id)
         coco_annotations = []
-        for shape in self.get_annotations(task_id)["shapes"]:
+
+        def add(shape: dict, label_id: int, extra: dict) -> None:
             frame = meta[shape["frame"]]
             geometry = _coco_geometry(shape, frame["width"], frame["height"])
             if geometry is None:
-                continue
+                return
             segmentation, bbox, area = geometry
             coco_annotations.append({
                 "id": len(coco_annotations) + 1, "image_id": shape["frame"] + 1,
-                "category_id": category_of[shape["label_id"]], "segmentation": segmentation, "area": area,
+                "category_id": category_of[label_id], "segmentation": segmentation, "area": area,
                 "bbox": bbox, "iscrowd": 0,
-                "attributes": {"occluded": shape["occluded"], "rotation": shape["rotation"],
+                "attributes": {"occluded": shape["occluded"], "rotation": shape["rotation"], **extra,
                                **{attribute_names[a["spec_id"]]: a["value"] for a in shape["attributes"]}},
             })
+
+        for shape in data["shapes"]:
+            add(shape, shape["label_id"], {})
+        for track_id, track in enumerate(data["tracks"]):
+            track_attributes = {attribute_names[a["spec_id"]]: a["value"] for a in track["attributes"]}
+            for shape in tracks.frames_of(track, len(meta) - 1):
+                if not shape["outside"]:
+                    add(shape, track["label_id"], {"track_id": track_id, "keyframe": shape["keyframe"],
+                                                   **track_attributes})
         return {
             "info": {"description": task["name"], "date_created": task["created_date"]},
             "licenses": [],
@@ -547,7 +636,9 @@ class Store:
         }
 
     def export_cvat_xml(self, task_id: int) -> str:
-        """CVAT for images 1.1. Tracks are left out (they would need interpolating into shapes)."""
+        """CVAT for images 1.1, and tracks as CVAT's video layout writes them (``<track>`` elements
+        after the images, a shape per frame with ``keyframe`` and ``outside``), which CVAT's and
+        datumaro's readers of this format both take."""
         task = self.get_task(task_id)
         meta = self.frames_meta(task_id)["frames"]
         data = self.get_annotations(task_id)
@@ -586,6 +677,10 @@ class Store:
                     ET.SubElement(xml_label, "parent").text = top["name"]
                 if label["type"] == "skeleton":
                     ET.SubElement(xml_label, "svg").text = label["svg"]
+        if data["tracks"]:  # readers size track shapes by it, as in CVAT's video layout: the first frame's
+            original_size = ET.SubElement(xml_task, "original_size")
+            ET.SubElement(original_size, "width").text = str(meta[0]["width"])
+            ET.SubElement(original_size, "height").text = str(meta[0]["height"])
         ET.SubElement(xml_meta, "dumped").text = _iso(datetime.now(timezone.utc))
 
         # Per image as CVAT writes it: shapes from the lowest z_order up, then tags.
@@ -604,6 +699,20 @@ class Store:
                 else:
                     element = _xml_shape(xml_image, item, names, attribute_names)
                 _xml_attributes(element, item, attribute_names)
+        for track_id, track in enumerate(data["tracks"]):
+            xml_track = ET.SubElement(root, "track", id=str(track_id), label=names[track["label_id"]],
+                                      source=track["source"])
+            if track["group"]:
+                xml_track.set("group_id", str(track["group"]))
+            for shape in tracks.frames_of(track, len(meta) - 1):
+                element = _xml_shape(xml_track, {**shape, "label_id": track["label_id"], "source": track["source"],
+                                                 "group": None}, names, attribute_names)
+                for key in ("label", "source"):  # the track's, not each shape's
+                    del element.attrib[key]
+                element.attrib.update(frame=str(shape["frame"]), keyframe=str(int(shape["keyframe"])),
+                                      outside=str(int(shape["outside"])))
+                _xml_attributes(element, {"attributes": [*track["attributes"], *shape["attributes"]]},
+                                attribute_names)
         ET.indent(root)
         return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -859,10 +968,30 @@ def _checked_mask(points, where: str) -> list[int]:
 
 
 def _checked_track(item, where: str, context: _TaskContext) -> dict:
-    """Tracks are stored as given; only their first frame and label are checked."""
+    """A track: its label, attributes and keyframe shapes (one per frame, in frame order, of one
+    type), each checked as a shape of the track's label; ``frame`` is its first keyframe's."""
     item = _object(item, where)
-    frame = context.check_frame(item.get("frame"), f"{where}.frame")
-    return {**item, "frame": frame, "label_id": context.label(item.get("label_id"), where).id}
+    shapes = item.get("shapes")
+    if not isinstance(shapes, list) or not shapes:
+        raise InvalidInput(f"{where}.shapes: a track needs a list of at least one shape")
+    first = shapes[0].get("frame") if isinstance(shapes[0], dict) else None
+    common = _common_fields({**item, "frame": item.get("frame", first)}, where, context)
+    if context.labels[common["label_id"]].type == "skeleton":
+        raise InvalidInput(f"{where}.label_id: tracks of skeleton labels are not supported by this store")
+    checked = []
+    for index, shape in enumerate(shapes):
+        shape_where = f"{where}.shapes[{index}]"
+        shape = _checked_shape({**_object(shape, shape_where), "label_id": common["label_id"]}, shape_where, context)
+        if checked and shape["frame"] <= checked[-1]["frame"]:
+            raise InvalidInput(f"{shape_where}.frame: shapes of a track go in frame order, one per frame")
+        if checked and shape["type"] != checked[0]["type"]:
+            raise InvalidInput(f"{shape_where}.type: a track keeps one shape type, {checked[0]['type']}")
+        checked.append({key: shape[key] for key in ("type", "frame", "points", "rotation", "occluded", "outside",
+                                                    "z_order", "attributes")})
+    if common["frame"] != checked[0]["frame"]:
+        raise InvalidInput(f"{where}.frame: {common['frame']} is not the frame of its first shape, "
+                           f"{checked[0]['frame']}")
+    return {**common, "shapes": checked}
 
 
 _CHECKS = {"tags": _checked_tag, "shapes": _checked_shape, "tracks": _checked_track}
@@ -906,6 +1035,18 @@ def _item_ids(connection, task_id: int, data) -> list[tuple[str, int]]:
         if existing.get(item_id) != kind:
             raise InvalidInput(f"{where}.id: task {task_id} has no {kind[:-1]} {item_id}")
     return [(kind, item_id) for kind, item_id, _ in wanted]
+
+
+def _rectangles(connection, task_id: int, frame_list: list[int]) -> dict[int, list[dict]]:
+    by_frame: dict[int, list[dict]] = {}
+    for batch in _batches(sorted(set(frame_list))):
+        rows = connection.execute(select(annotations.c.id, annotations.c.content).where(
+            annotations.c.task_id == task_id, annotations.c.kind == "shapes", annotations.c.frame.in_(batch))
+            .order_by(annotations.c.id)).all()
+        for item_id, content in rows:
+            if content["type"] == "rectangle":
+                by_frame.setdefault(content["frame"], []).append({"id": item_id, **content})
+    return by_frame
 
 
 def _insert_items(connection, task_id: int, items: list[tuple[str, dict]], request_id: str | None):

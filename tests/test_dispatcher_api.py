@@ -282,21 +282,33 @@ def test_requests_side_by_side_share_a_functions_workers(stack):
             "finished", {"total": 3, "done": 3, "failed": 0}, [])
 
 
+def settled_after_cancel(stack, rid: str, task: int) -> tuple[dict, Counter]:
+    """The canceled run's numbers once its last chunk has stored the frames it had in the function."""
+    def settled():
+        request = stack.ok("GET", f"/api/lambda/requests/{rid}")
+        frames = Counter(shape["frame"] for shape in stack.ok("GET", f"/api/tasks/{task}/annotations")["shapes"])
+        return (request, frames) if request["status"] == "failed" else None
+
+    request, frames = wait_until(settled, 30, "the canceled run's chunks to stop")
+    assert len(frames) == request["frames"]["done"]
+    return request, frames
+
+
 def test_cancel_stops_the_run_and_keeps_what_was_written(stack):
     task = stack.task(THING, COCO_IMAGES[:96])
     rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
     wait_until(lambda: stack.ok("GET", f"/api/lambda/requests/{rid}")["frames"]["done"] >= 16, 60, "a chunk to finish")
     reply = stack.http.delete(f"/api/lambda/requests/{rid}")
     assert (reply.status_code, reply.content) == (204, b"")
-    request = stack.wait(rid, 30)
+    assert stack.ok("GET", f"/api/lambda/requests/{rid}")["cancel_requested"]
+    # It ends as failed (CVAT's UI would call a "canceled" run accomplished), with the reason.
+    request, frames = settled_after_cancel(stack, rid, task["id"])
+    assert request["cancel_requested"] and request["ended"]
     done = request["frames"]["done"]
-    assert request["status"] == "canceled" and 16 <= done < 96 and request["cancel_requested"]
-    assert request["exc_info"] == (f"canceled on request after {done} of 96 frames; "
+    assert 16 <= done < 96 and set(frames.values()) == {1}
+    assert request["exc_info"] == (f"Canceled on request after {done} of 96 frames; "
                                    f"the annotations of those {done} frames were kept")
-    frames = Counter(shape["frame"] for shape in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
-    assert len(frames) == done and set(frames.values()) == {1}
-    assert stack.ok("GET", "/api/lambda/requests")  # canceled requests stay listed until their TTL
-    assert rid in {r["id"] for r in stack.ok("GET", "/api/lambda/requests")}
+    assert rid in {r["id"] for r in stack.ok("GET", "/api/lambda/requests")}  # listed until its TTL
     # The target is free again, and the rerun replaces nothing it should not.
     again = stack.wait(stack.ok("POST", "/api/lambda/requests",
                                 json={"function": "probe-slow", "task": task["id"], "cleanup": True})["id"])
@@ -491,6 +503,7 @@ def test_ctrl_c_cancels_annotate_folder_cleanly(stack, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     final = stack.ok("GET", f"/api/lambda/requests/{request['id']}")
-    assert final["status"] == "canceled" and final["frames"]["done"] < 96
-    assert f"canceled: {final['exc_info']}. Task {final['function']['task']} keeps them" in stderr
+    assert final["status"] == "failed" and final["cancel_requested"] and final["frames"]["done"] < 96
+    assert "canceled: Canceled on request after " in stderr
+    assert f"were kept. Task {final['function']['task']} keeps them" in stderr
     assert not (tmp_path / "out.json").exists()

@@ -15,7 +15,7 @@ import rq
 from dispatcher import settings as dispatcher_settings
 from dispatcher.chunks import Services, run_chunk
 from dispatcher.gateway import Gateway
-from dispatcher.planner import QUEUE, CallSlots, RequestBook, Target, plan_chunks, submit
+from dispatcher.planner import QUEUE, CallSlots, RequestBook, Run, Target, cancel, plan_chunks, submit
 from dispatcher.registry import Registry
 from dispatcher.store import Store
 
@@ -61,13 +61,19 @@ def new_task(store, segment_size=None) -> dict:
     return store.get_task(task["id"])
 
 
-def run_request(services, task, function=YOLO, job=None, chunk_size=3, **parameters) -> str:
-    target = Target(task["id"], job)
+def start_request(services, task, function=YOLO, job=None, **parameters) -> tuple[Run, list[int]]:
+    """A run recorded and begun as the API does it, its chunks not yet run."""
     frames = services.store.job_frames(job) if job else list(range(task["size"]))
-    rid = services.book.create(target, function, parameters, frames)
+    run = services.book.create(Target(task["id"], job), function, parameters, frames)
+    services.store.begin_run(run.request_id, run.id, task["id"])
+    return run, frames
+
+
+def run_request(services, task, function=YOLO, job=None, chunk_size=3, **parameters) -> str:
+    run, frames = start_request(services, task, function, job, **parameters)
     for index, chunk in enumerate(plan_chunks(frames, chunk_size)):
-        run_chunk(rid, chunk, services, f"chunk-{index}")
-    return rid
+        run_chunk(run.id, chunk, services, f"chunk-{index}")
+    return run.request_id
 
 
 def label_ids(task) -> dict[str, int]:
@@ -111,8 +117,11 @@ def test_a_chunk_that_runs_again_does_not_duplicate_shapes(services):
     task = new_task(services.store)
     rid = run_request(services, task, threshold=0.3)
     before = services.store.get_annotations(task["id"])["shapes"]
-    services.book.redis.hset(f"{services.book.prefix}:request:{rid}", "status", "started")  # as if it never ended
-    run_chunk(rid, [0, 1, 2], services, "chunk-0")  # its worker died after writing; RQ runs the chunk again
+    run = services.book.current_run(rid)
+    # As if it never ended: its worker died after writing, and RQ runs the chunk again.
+    services.book.redis.hset(f"{services.book.prefix}:run:{run}", "status", "started")
+    services.book.redis.hdel(f"{services.book.prefix}:run:{run}", "ended_marker")
+    run_chunk(run, [0, 1, 2], services, "chunk-0")
     after = services.store.get_annotations(task["id"])["shapes"]
     assert len(after) == len(before)
     assert services.book.get(rid)["frames"]["done"] == 6
@@ -164,19 +173,28 @@ def test_a_function_that_is_down_fails_its_frames_after_retries(services):
 
 def test_a_cancelled_request_runs_no_more_chunks(services):
     task = new_task(services.store)
-    frames = list(range(task["size"]))
-    rid = services.book.create(Target(task["id"]), YOLO, {"threshold": 0.3}, frames)
-    run_chunk(rid, frames[:3], services, "chunk-0")
-    services.book.request_cancel(rid)
-    services.book.chunk_started(rid, "chunk-1")  # another chunk is still running: the request waits for it
-    assert run_chunk(rid, frames[3:], services, "chunk-2") == {"skipped": True}
+    run, frames = start_request(services, task, threshold=0.3)
+    run_chunk(run.id, frames[:3], services, "chunk-0")
+    services.book.chunk_started(run.id, "chunk-1")  # another chunk is still running
+    assert cancel(services.book, rq.Queue(QUEUE, connection=services.book.redis), run.request_id)
+    assert run_chunk(run.id, frames[3:], services, "chunk-2") == {"skipped": True}
     assert {shape["frame"] for shape in services.store.get_annotations(task["id"])["shapes"]} <= {0, 1, 2}
-    assert services.book.get(rid)["status"] == "started"
-    assert run_chunk(rid, [], services, "chunk-1") == {"skipped": True}  # the last running chunk ends it
-    request = services.book.get(rid)
-    assert (request["status"], request["frames"]["done"]) == ("canceled", 3)
-    assert request["exc_info"] == ("canceled on request after 3 of 6 frames; "
-                                   "the annotations of those 3 frames were kept")
+    assert services.book.get(run.request_id)["status"] == "started"  # chunk-1 is still storing its frames
+    assert run_chunk(run.id, [], services, "chunk-1") == {"skipped": True}  # the last running chunk ends it
+    assert services.book.get(run.request_id)["status"] == "canceled"
+    assert services.book.get(run.request_id)["frames"]["done"] == 3
+
+
+def test_a_chunk_of_a_replaced_run_writes_nothing(services):
+    task = new_task(services.store)
+    old, frames = start_request(services, task, threshold=0.3)
+    services.book.finish(old.id, "canceled")
+    new, _ = start_request(services, task, threshold=0.3)
+    # The old run's chunk had checked its run before the cancel and the new run; it reaches the store now.
+    services.book.redis.hset(f"{services.book.prefix}:run:{old.id}", "status", "started")
+    assert run_chunk(old.id, frames[:3], services, "chunk-0")["stale"]
+    assert services.store.get_annotations(task["id"])["shapes"] == []
+    assert services.book.get(new.request_id)["frames"]["done"] == 0
 
 
 def test_chunks_run_on_real_rq_worker_processes(platform, tmp_path):
@@ -189,9 +207,11 @@ def test_chunks_run_on_real_rq_worker_processes(platform, tmp_path):
         task = new_task(store)
         book = RequestBook(client, 1800, 10800)
         frames = list(range(task["size"]))
-        rid = submit(book, rq.Queue(QUEUE, connection=client), store, Target(task["id"]), YOLO, {"threshold": 0.3},
-                     frames, chunk_size=2, job_timeout=300)
-        assert len(book.chunk_jobs(rid)) == 3 and book.get(rid)["status"] == "queued"
+        run = submit(book, rq.Queue(QUEUE, connection=client), Target(task["id"]), YOLO, {"threshold": 0.3},
+                     frames, chunk_size=2, job_timeout=300,
+                     begin=lambda run: store.begin_run(run.request_id, run.id, task["id"]))
+        rid = run.request_id
+        assert len(book.chunk_jobs(run.id)) == 3 and book.get(rid)["status"] == "queued"
 
         environment = {**os.environ, "NUCLIO_URL": platform.url, "REDIS_URL": redis_url, "DATA_DIR": str(data_dir)}
         rq_command = [str(Path(sys.executable).with_name("rq")), "worker", "--burst", "--url", redis_url, QUEUE]

@@ -6,8 +6,9 @@ import uuid
 
 import pytest
 import redis
+import rq
 
-from dispatcher.planner import CallSlots, Conflict, RequestBook, Target, plan_chunks, request_id
+from dispatcher.planner import CallSlots, Conflict, RequestBook, Target, cancel, plan_chunks, request_id
 
 
 @pytest.fixture
@@ -33,12 +34,15 @@ def test_chunks_are_consecutive_runs_in_order():
 
 
 def test_a_second_request_on_the_same_task_is_a_conflict_until_the_first_ends(book):
-    rid = book.create(Target(7), "yolo", {"threshold": 0.5}, list(range(10)))
+    first = book.create(Target(7), "yolo", {"threshold": 0.5}, list(range(10)))
     with pytest.raises(Conflict, match=r"Only one running request is allowed for the same task #7"):
         book.create(Target(7), "yolo", {}, list(range(10)))
-    book.finish(rid, "finished")
-    assert book.create(Target(7), "yolo", {}, list(range(10))) == rid  # the finished one is replaced
-    assert book.get(rid)["status"] == "queued"
+    book.finish(first.id, "finished")
+    second = book.create(Target(7), "yolo", {}, list(range(10)))
+    # CVAT's id again, for a new run that replaces the finished one; the old run's record stays apart.
+    assert second.request_id == first.request_id == request_id("task", 7) and second.id != first.id
+    assert book.get(second.request_id)["status"] == "queued" and book.get(second.request_id)["run"] == second.id
+    assert book.get_run(first.id)["status"] == "finished"
 
 
 def test_only_overlapping_targets_conflict(book):
@@ -56,17 +60,17 @@ def test_only_overlapping_targets_conflict(book):
 def test_the_task_is_free_again_when_its_jobs_end(book):
     first = book.create(Target(3, job=31), "yolo", {}, [0])
     second = book.create(Target(3, job=32), "yolo", {}, [1])
-    book.finish(first, "finished")
+    book.finish(first.id, "finished")
     with pytest.raises(Conflict):
         book.create(Target(3), "yolo", {}, [0, 1])
-    book.finish(second, "canceled")
+    book.finish(second.id, "canceled")
     book.create(Target(3), "yolo", {}, [0, 1])
 
 
 def test_a_holder_whose_record_vanished_does_not_block_forever(book):
-    rid = book.create(Target(4), "yolo", {}, [0])
-    book.redis.delete(f"{book.prefix}:request:{rid}")  # its process died; the record expired
-    assert book.create(Target(4), "yolo", {}, [0]) == rid
+    run = book.create(Target(4), "yolo", {}, [0])
+    book.redis.delete(f"{book.prefix}:run:{run.id}")  # its process died; the record expired
+    assert book.create(Target(4), "yolo", {}, [0]).request_id == run.request_id
 
 
 def test_concurrent_creates_let_exactly_one_win(book):
@@ -74,7 +78,7 @@ def test_concurrent_creates_let_exactly_one_win(book):
 
     def create():
         try:
-            outcomes.append(book.create(Target(5), "yolo", {}, [0]))
+            outcomes.append(book.create(Target(5), "yolo", {}, [0]).id)
         except Conflict:
             outcomes.append("conflict")
 
@@ -88,48 +92,69 @@ def test_concurrent_creates_let_exactly_one_win(book):
 
 def test_progress_counts_the_frames_of_the_target(book):
     # A job of 4 frames, starting at task frame 100: CVAT would report (frame + 1) / task size.
-    rid = book.create(Target(6, job=61), "yolo", {"threshold": 0}, [100, 101, 102, 103])
+    run = book.create(Target(6, job=61), "yolo", {"threshold": 0}, [100, 101, 102, 103])
+    rid = run.request_id
     assert book.get(rid)["progress"] == 0 and book.get(rid)["status"] == "queued"
-    book.mark_started(rid)
+    book.mark_started(run.id)
     started = book.get(rid)["started"]
-    book.mark_started(rid)  # a second chunk starting does not move the start
+    book.mark_started(run.id)  # a second chunk starting does not move the start
     assert book.get(rid)["started"] == started and book.get(rid)["status"] == "started"
-    book.frame_done(rid, 100)
-    book.frame_failed(rid, 102, "function answered 500: boom")
-    book.frame_done(rid, 100)  # a retried chunk reports frame 100 again: still one frame
+    book.frame_done(run.id, 100)
+    book.frame_failed(run.id, 102, "function answered 500: boom")
+    book.frame_done(run.id, 100)  # a retried chunk reports frame 100 again: still one frame
     request = book.get(rid)
     assert request["progress"] == 50
     assert request["frames"] == {"total": 4, "done": 1, "failed": 1}
     assert request["failures"] == [{"frame": 102, "reason": "function answered 500: boom"}]
     assert request["parameters"] == {"threshold": 0} and request["job"] == 61
     time.sleep(0.05)
-    book.frame_done(rid, 101)
-    book.frame_done(rid, 102)  # the retry of frame 102 succeeded: no longer a failure
+    book.frame_done(run.id, 101)
+    book.frame_done(run.id, 102)  # the retry of frame 102 succeeded: no longer a failure
     assert book.get(rid)["failures"] == [] and book.get(rid)["progress"] == 75
-    book.frame_done(rid, 103)
-    book.finish(rid, "finished")
+    book.frame_done(run.id, 103)
+    assert book.finish(run.id, "finished") and not book.finish(run.id, "failed")  # only the first end counts
     request = book.get(rid)
     assert (request["status"], request["progress"]) == ("finished", 100)
     assert request["fps"] > 0 and request["eta_seconds"] is None
 
 
 def test_cancel_flag_and_failed_requests_stay_listed_with_their_reason(book):
-    rid = book.create(Target(8), "yolo", {}, [0, 1])
-    assert not book.cancel_requested(rid)
-    assert book.request_cancel(rid) and book.cancel_requested(rid)
-    assert not book.request_cancel("action=autoannotate&target=task&target_id=999")
-    book.finish(rid, "failed", "function yolo is not ready (state error)")
+    run = book.create(Target(8), "yolo", {}, [0, 1])
+    assert not book.cancel_requested(run.id)
+    assert book.request_cancel(run.id) and book.cancel_requested(run.id)
+    assert not book.request_cancel("no-such-run")
+    book.finish(run.id, "failed", "function yolo is not ready (state error)")
     (listed,) = book.list()
     assert (listed["status"], listed["exc_info"]) == ("failed", "function yolo is not ready (state error)")
-    assert 0 < book.redis.ttl(f"{book.prefix}:request:{rid}") <= 10800
+    assert 0 < book.redis.ttl(f"{book.prefix}:run:{run.id}") <= 10800
+    assert 0 < book.redis.ttl(f"{book.prefix}:current:{run.request_id}") <= 10800
     with pytest.raises(ValueError):
-        book.finish(rid, "started")
+        book.finish(run.id, "started")
 
 
 def test_expired_requests_leave_the_list(book):
-    rid = book.create(Target(9), "yolo", {}, [0])
-    book.redis.delete(f"{book.prefix}:request:{rid}")
-    assert book.get(rid) is None and book.list() == []
+    run = book.create(Target(9), "yolo", {}, [0])
+    book.redis.delete(f"{book.prefix}:run:{run.id}")
+    assert book.get(run.request_id) is None and book.list() == []
+
+
+def test_a_cancel_frees_the_target_at_once(book):
+    queue = rq.Queue(f"{book.prefix}-queue", connection=book.redis)
+    first = book.create(Target(10), "yolo", {}, [0, 1, 2])
+    book.mark_started(first.id)
+    book.chunk_started(first.id, "chunk-0")  # a chunk is still in its call
+    assert cancel(book, queue, first.request_id)
+    assert book.get(first.request_id)["cancel_requested"] and book.get(first.request_id)["status"] == "started"
+    second = book.create(Target(10), "yolo", {}, [0, 1, 2])  # no 409 window (9.5)
+    # The old run's chunk finishes its frame afterwards: it counts for the old run, never the new one.
+    book.frame_done(first.id, 0)
+    book.finish(first.id, "canceled")  # what its chunk does when it stops
+    assert book.get(second.request_id)["frames"]["done"] == 0 and book.get_run(first.id)["frames"]["done"] == 1
+    assert book.get(second.request_id)["status"] == "queued"  # the old run's end did not touch the new one
+    book.mark_started(first.id)  # nor does a late start move an ended run
+    assert book.get_run(first.id)["status"] == "canceled"
+    assert cancel(book, queue, second.request_id) and book.get(second.request_id)["status"] == "canceled"
+    assert not cancel(book, queue, "no-such-request")
 
 
 def test_call_slots_bound_calls_in_flight_across_holders(book):

@@ -10,6 +10,7 @@ import shutil
 import threading
 import xml.etree.ElementTree as ET
 
+import datumaro
 import numpy as np
 import psycopg
 import pytest
@@ -18,7 +19,7 @@ from pycocotools.coco import COCO
 
 from dispatcher import settings as dispatcher_settings
 from dispatcher.converter import TaskAttribute, TaskLabel
-from dispatcher.store import InvalidInput, NotFound, Store, metadata
+from dispatcher.store import InvalidInput, NotFound, StaleRun, Store, metadata
 from serverless.common import masks
 from serverless.common import settings as function_settings
 from serverless.common.images import decode_image
@@ -334,7 +335,8 @@ def annotations_for(task) -> dict:
             {"frame": 3, "label_id": i["thing"], "type": "polyline", "points": [0, 0, 9.5, 9.5]},
         ],
         "tracks": [{"frame": 1, "label_id": i["car"], "group": 0, "source": "manual", "attributes": [],
-                    "shapes": [{"frame": 1, "type": "rectangle", "points": [1, 1, 5, 5], "outside": False}]}],
+                    "shapes": [{"frame": 1, "type": "rectangle", "points": [1, 1, 5, 5], "outside": False},
+                               {"frame": 2, "type": "rectangle", "points": [1, 1, 5, 5], "outside": True}]}],
     }
 
 
@@ -362,7 +364,9 @@ def test_annotations_round_trip_with_ids_and_cvat_defaults(store):
     on_frame_3 = store.get_annotations(task["id"], frame=3)
     assert on_frame_3["shapes"] == [s for s in stored["shapes"] if s["frame"] == 3] and len(on_frame_3["shapes"]) == 3
     assert on_frame_3["tags"] == on_frame_3["tracks"] == []
-    assert store.get_annotations(task["id"], frame=1)["tracks"] == stored["tracks"]  # a track: where it starts
+    assert store.get_annotations(task["id"], frame=1)["tracks"] == stored["tracks"]  # visible on frame 1 only
+    assert stored["tracks"][0]["shapes"][1] == {"type": "rectangle", "frame": 2, "points": [1, 1, 5, 5], "rotation": 0,
+                                                "occluded": False, "outside": True, "z_order": 0, "attributes": []}
 
     created = store.patch_annotations(task["id"], {"shapes": [box(task, 2, [0, 0, 5, 5])]}, "create")
     (new_box,) = created["shapes"]
@@ -428,7 +432,19 @@ def test_bad_annotations_are_refused_naming_the_item(store):
         "shapes[0].type: skeleton shapes and skeleton labels go together")
     assert refused({"shapes": [box(task, 0, [1, 1, 2, 2], occluded="no")]}) == \
         "shapes[0].occluded: must be true or false, got 'no'"
-    assert refused({"tracks": [{"frame": 9, "label_id": i["car"]}]}).startswith("tracks[0].frame:")
+    assert refused({"tracks": [{"frame": 9, "label_id": i["car"], "shapes": [
+        {"frame": 9, "type": "rectangle", "points": [0, 0, 1, 1]}]}]}).startswith("tracks[0].frame: 9 is not a frame")
+    assert refused({"tracks": [{"frame": 1, "label_id": i["car"]}]}) == \
+        "tracks[0].shapes: a track needs a list of at least one shape"
+    track_shapes = [{"frame": 2, "type": "rectangle", "points": [0, 0, 1, 1]},
+                    {"frame": 1, "type": "rectangle", "points": [0, 0, 1, 1]}]
+    assert refused({"tracks": [{"label_id": i["car"], "shapes": track_shapes}]}) == \
+        "tracks[0].shapes[1].frame: shapes of a track go in frame order, one per frame"
+    assert refused({"tracks": [{"label_id": i["car"], "shapes": [track_shapes[1], {**track_shapes[0], "type": "polygon",
+                                                                                      "points": [0, 0, 1, 1, 0, 1]}]}]}) \
+        == "tracks[0].shapes[1].type: a track keeps one shape type, rectangle"
+    assert refused({"tracks": [{"frame": 2, "label_id": i["car"], "shapes": track_shapes[1:]}]}) == \
+        "tracks[0].frame: 2 is not the frame of its first shape, 1"
     assert refused({"shapes": [{**kept, "id": kept["id"] + 1000}]}, "update") == \
         f"shapes[0].id: task {task['id']} has no shape {kept['id'] + 1000}"
     assert refused({"tags": [{"id": kept["id"]}]}, "delete") == f"tags[0].id: task {task['id']} has no tag {kept['id']}"
@@ -448,40 +464,57 @@ def result(task, frame, x) -> tuple[list[dict], list[dict]]:
 def test_a_retried_chunk_replaces_its_own_results(store):
     task = new_task(store)
     chunk = {0: result(task, 0, 1), 1: ([], []), 2: result(task, 2, 3)}
-    assert store.write_results("req-1", task["id"], chunk, cleanup_frames=None) is False
-    store.write_results("req-1", task["id"], chunk, cleanup_frames=None)
+    store.begin_run("req-1", "run-1", task["id"])
+    assert store.write_results("req-1", "run-1", task["id"], chunk, cleanup_frames=None) is False
+    store.write_results("req-1", "run-1", task["id"], chunk, cleanup_frames=None)
     data = store.get_annotations(task["id"])
     assert shape_points(data) == [(0, [1, 1, 11, 11]), (2, [3, 3, 13, 13])] and len(data["tags"]) == 2
     assert store.request_frames("req-1") == {0, 1, 2}  # frame 1 had no results, and is recorded
     # A retry with other output for a frame replaces that frame only.
-    store.write_results("req-1", task["id"], {2: result(task, 2, 7)}, cleanup_frames=None)
+    store.write_results("req-1", "run-1", task["id"], {2: result(task, 2, 7)}, cleanup_frames=None)
     assert shape_points(store.get_annotations(task["id"])) == [(0, [1, 1, 11, 11]), (2, [7, 7, 17, 17])]
     assert store.request_frames("other") == set()
     with pytest.raises(InvalidInput, match=r"results\[9\]: 9 is not a frame"):
-        store.write_results("req-1", task["id"], {9: ([], [])}, cleanup_frames=None)
+        store.write_results("req-1", "run-1", task["id"], {9: ([], [])}, cleanup_frames=None)
 
 
 def test_cleanup_happens_once_per_request(store):
     task = new_task(store)
     store.put_annotations(task["id"], {"shapes": [box(task, frame, [0, 0, 1, 1]) for frame in range(4)]})
     every_frame = [0, 1, 2, 3]
+    store.begin_run("req", "run-1", task["id"])
 
-    assert store.write_results("req", task["id"], {0: result(task, 0, 10), 1: result(task, 1, 11)}, every_frame)
+    assert store.write_results("req", "run-1", task["id"], {0: result(task, 0, 10), 1: result(task, 1, 11)}, every_frame)
     assert shape_points(store.get_annotations(task["id"])) == [(0, [10, 10, 20, 20]), (1, [11, 11, 21, 21])]
     # An annotator draws a box while the request runs; the later chunks must not clean it away.
     store.patch_annotations(task["id"], {"shapes": [box(task, 3, [5, 5, 6, 6])]}, "create")
-    assert not store.write_results("req", task["id"], {2: result(task, 2, 12), 3: result(task, 3, 13)}, every_frame)
-    assert not store.write_results("req", task["id"], {0: result(task, 0, 10), 1: result(task, 1, 11)}, every_frame)
+    assert not store.write_results("req", "run-1", task["id"], {2: result(task, 2, 12), 3: result(task, 3, 13)}, every_frame)
+    assert not store.write_results("req", "run-1", task["id"], {0: result(task, 0, 10), 1: result(task, 1, 11)}, every_frame)
     assert shape_points(store.get_annotations(task["id"])) == [
         (0, [10, 10, 20, 20]), (1, [11, 11, 21, 21]), (2, [12, 12, 22, 22]), (3, [5, 5, 6, 6]), (3, [13, 13, 23, 23])]
 
-    # Forgotten, the request's results are the task's own: the next run with this id cleans them.
-    store.forget_request("req")
+    # A new run of the id: the last run's results are the task's own, and the new run cleans them.
+    store.begin_run("req", "run-2", task["id"])
     assert store.request_frames("req") == set() and len(store.get_annotations(task["id"])["shapes"]) == 5
     job_frames = [2, 3]  # a job-level run cleans its job's frames only
-    assert store.write_results("req", task["id"], {2: result(task, 2, 30)}, job_frames)
+    assert store.write_results("req", "run-2", task["id"], {2: result(task, 2, 30)}, job_frames)
     assert shape_points(store.get_annotations(task["id"])) == [
         (0, [10, 10, 20, 20]), (1, [11, 11, 21, 21]), (2, [30, 30, 40, 40])]
+
+
+def test_a_replaced_run_writes_nothing(store):
+    """A chunk of a canceled run that finishes after the next run on its target began (or a worker
+    cut off from Redis that comes back) must not add its frames to the new run's."""
+    task = new_task(store)
+    store.begin_run("req", "run-1", task["id"])
+    store.write_results("req", "run-1", task["id"], {0: result(task, 0, 1)}, cleanup_frames=None)
+    store.begin_run("req", "run-2", task["id"])
+    with pytest.raises(StaleRun, match="run run-1 of request req has been replaced"):
+        store.write_results("req", "run-1", task["id"], {1: result(task, 1, 2)}, cleanup_frames=None)
+    with pytest.raises(StaleRun):
+        store.write_results("never-begun", "run-9", task["id"], {1: result(task, 1, 2)}, cleanup_frames=None)
+    assert shape_points(store.get_annotations(task["id"])) == [(0, [1, 1, 11, 11])]
+    assert store.request_frames("req") == set()
 
 
 def test_concurrent_chunks_of_one_request_clean_up_once(postgres_url, tmp_path):
@@ -492,11 +525,13 @@ def test_concurrent_chunks_of_one_request_clean_up_once(postgres_url, tmp_path):
         task = new_task(workers[0])
         workers[0].put_annotations(task["id"], {"shapes": [box(task, frame, [0, 0, 1, 1]) for frame in range(4)]})
         chunks = [{0: result(task, 0, 10), 1: result(task, 1, 11)}, {2: result(task, 2, 12), 3: result(task, 3, 13)}]
+        workers[0].begin_run("req", "run-1", task["id"])
         outcomes: list = [None, None]
 
         def write(index: int) -> None:
             try:
-                outcomes[index] = workers[index].write_results("req", task["id"], chunks[index], [0, 1, 2, 3])
+                outcomes[index] = workers[index].write_results("req", "run-1", task["id"], chunks[index],
+                                                               [0, 1, 2, 3])
             except Exception as error:  # reported by the assertion below
                 outcomes[index] = error
 
@@ -629,6 +664,45 @@ def test_cvat_xml_export_has_cvats_structure(store):
                               "rx": "30.00", "ry": "20.00", "z_order": "0", "rotation": "15.00"}
     assert (points.tag, points.get("points")) == ("points", "1.00,1.00;2.00,2.00;3.00,3.00")
     assert (polyline.tag, polyline.get("points")) == ("polyline", "0.00,0.00;9.50,9.50")
+
+
+def test_tracks_export_on_every_frame_they_cover(store, tmp_path):
+    """A track stands for a shape on each frame from its first keyframe until an outside keyframe (or
+    the task's end), interpolated between keyframes: COCO gets one annotation per such frame with the
+    track's id, the CVAT XML one <track> with a box per frame, as CVAT and datumaro read it."""
+    task = new_task(store)  # 4 frames
+    i = ids(task)
+    car = {"frame": 0, "label_id": i["car"], "shapes": [
+        {"frame": 0, "type": "rectangle", "points": [10, 10, 30, 20]},
+        {"frame": 2, "type": "rectangle", "points": [30, 30, 50, 40]},  # frame 1 lies halfway
+        {"frame": 3, "type": "rectangle", "points": [30, 30, 50, 40], "outside": True}]}
+    region = {"frame": 2, "label_id": i["region"], "shapes": [  # no closing keyframe: on to the last frame
+        {"frame": 2, "type": "polygon", "points": [0, 0, 8, 0, 8, 8]}]}
+    store.put_annotations(task["id"], {"tracks": [car, region]})
+    assert [len(store.get_annotations(task["id"], frame=frame)["tracks"]) for frame in range(4)] == [1, 1, 2, 1]
+
+    coco = store.export_coco(task["id"])
+    rows = sorted((a["attributes"]["track_id"], a["image_id"] - 1, a["bbox"], a["attributes"]["keyframe"])
+                  for a in coco["annotations"])
+    assert rows == [(0, 0, [10, 10, 20, 10], True), (0, 1, [20, 20, 20, 10], False), (0, 2, [30, 30, 20, 10], True),
+                    (1, 2, [0, 0, 8, 8], True), (1, 3, [0, 0, 8, 8], False)]
+
+    xml = store.export_cvat_xml(task["id"])
+    tracks = ET.fromstring(xml).findall("track")
+    assert [t.attrib for t in tracks] == [{"id": "0", "label": "car", "source": "manual"},
+                                          {"id": "1", "label": "region", "source": "manual"}]
+    assert [(b.get("frame"), b.get("keyframe"), b.get("outside"), b.get("xtl")) for b in tracks[0]] == [
+        ("0", "1", "0", "10.00"), ("1", "0", "0", "20.00"), ("2", "1", "0", "30.00"), ("3", "1", "1", "30.00")]
+    (tmp_path / "cvat/images").mkdir(parents=True)  # datumaro reads the XML beside the images
+    (tmp_path / "cvat/annotations.xml").write_text(xml)
+    for image in COCO_IMAGES:
+        (tmp_path / "cvat/images" / image.name).symlink_to(image)
+    dataset = datumaro.Dataset.import_from(str(tmp_path / "cvat"), "cvat")
+    tracked = sorted((item.id, a.attributes["track_id"], a.attributes["keyframe"]) for item in dataset
+                     for a in item.annotations if not a.attributes.get("outside"))
+    assert tracked == sorted([(COCO_IMAGES[0].stem, 0, True), (COCO_IMAGES[1].stem, 0, False),
+                              (COCO_IMAGES[2].stem, 0, True), (COCO_IMAGES[2].stem, 1, True),
+                              (COCO_IMAGES[3].stem, 1, False)])
 
 
 # Settings of the store
