@@ -12,6 +12,7 @@ import pytest
 import redis
 import rq
 
+from dispatcher import reid
 from dispatcher import settings as dispatcher_settings
 from dispatcher.chunks import Services, run_chunk
 from dispatcher.gateway import Gateway
@@ -37,6 +38,10 @@ def platform(tmp_path_factory):
     copy_function(PROBE, tree / "probe", **{"spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
     copy_function(PROBE, tree / "down", **{"metadata.name": "probe-down",
                                            "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "no weights"}]})
+    copy_function(REPO / "serverless/opencv/reid-colour-histogram/nuclio", tree / "reid")
+    # A ReID function whose reply (a description of what it got) is no matching.
+    copy_function(PROBE, tree / "probe-reid", **{"metadata.name": "probe-reid", "metadata.annotations.type": "reid",
+                                                 "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
     with serve_platform(tree) as running:
         yield running
 
@@ -227,3 +232,75 @@ def test_chunks_run_on_real_rq_worker_processes(platform, tmp_path):
     finally:
         store.close()
         client.flushdb()
+
+
+# ReID: frame pairs fanned out over chunks, linked into tracks by the last one
+
+REID = "opencv-reid-colour-histogram"
+
+
+def boxes_task(services) -> dict:
+    """Frames 0-2 of one photo, with the same two boxes on each (a person and the bus), and frame 3
+    with none; label "person" for the first, "bus" for the second."""
+    store = services.store
+    task = store.create_task("reid", LABELS)
+    store.add_frames(task["id"], [(f"{n}.jpg", FRAMES[0].read_bytes()) for n in range(4)])
+    ids = label_ids(task)
+    store.put_annotations(task["id"], {"shapes": [
+        {"frame": frame, "label_id": ids[label], "type": "rectangle", "points": points, "source": "auto"}
+        for frame in range(3) for label, points in (("person", [50, 400, 250, 900]), ("bus", [10, 230, 800, 750]))]})
+    return store.get_task(task["id"])
+
+
+def start_reid(services, task, function=REID) -> tuple[Run, list[int]]:
+    frames = list(range(task["size"]))
+    pairs = reid.pairs(services.store.rectangles(task["id"], frames), frames)
+    run = services.book.create(Target(task["id"]), function, {"threshold": 0.5}, pairs, kind="reid")
+    services.store.begin_run(run.request_id, run.id, task["id"])
+    return run, pairs
+
+
+def test_reid_links_pairs_from_several_chunks_into_tracks_once(services):
+    task = boxes_task(services)
+    run, pairs = start_reid(services, task)
+    assert pairs == [0, 1]  # frame 3 holds no rectangle: no pair (2, 3)
+    run_chunk(run.id, [1], services, "chunk-1")  # chunks finish in any order
+    assert services.store.get_annotations(task["id"])["tracks"] == []  # linked only when every pair is in
+    run_chunk(run.id, [0], services, "chunk-0")
+    request = services.book.get(run.request_id)
+    assert (request["status"], request["frames"]) == ("finished", {"total": 2, "done": 2, "failed": 0})
+    data = services.store.get_annotations(task["id"])
+    assert data["shapes"] == [] and len(data["tracks"]) == 2
+    for track in data["tracks"]:  # frames 0-2, then closed on frame 3
+        assert [(s["frame"], s["outside"]) for s in track["shapes"]] == [(0, False), (1, False), (2, False),
+                                                                          (3, True)]
+        assert len({tuple(s["points"]) for s in track["shapes"]}) == 1
+    # The last chunk again (its worker died after linking): nothing is linked twice.
+    services.book.redis.hset(f"{services.book.prefix}:run:{run.id}", "status", "started")
+    services.book.redis.hdel(f"{services.book.prefix}:run:{run.id}", "ended_marker")
+    run_chunk(run.id, [0], services, "chunk-0")
+    assert services.store.get_annotations(task["id"]) == data
+
+
+def test_a_canceled_reid_run_changes_nothing(services):
+    task = boxes_task(services)
+    before = services.store.get_annotations(task["id"])
+    run, pairs = start_reid(services, task)
+    run_chunk(run.id, [0], services, "chunk-0")
+    assert cancel(services.book, rq.Queue(QUEUE, connection=services.book.redis), run.request_id)
+    assert run_chunk(run.id, [1], services, "chunk-1") == {"skipped": True}
+    assert services.book.get(run.request_id)["status"] == "canceled"
+    assert services.store.get_annotations(task["id"]) == before
+
+
+def test_a_reid_function_that_answers_no_matching_fails_its_pairs_and_changes_nothing(services):
+    task = boxes_task(services)
+    before = services.store.get_annotations(task["id"])
+    run, pairs = start_reid(services, task, "probe-reid")
+    run_chunk(run.id, pairs, services, "chunk-0")
+    request = services.book.get(run.request_id)
+    assert request["status"] == "failed" and request["frames"]["failed"] == 2
+    assert request["failures"][0]["reason"].startswith("function probe-reid returned an unusable matching: "
+                                                       "expected a list of 2 integers")
+    assert request["exc_info"].startswith("every frame pair failed; first: frame pair 0: ")
+    assert services.store.get_annotations(task["id"]) == before
