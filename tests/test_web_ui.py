@@ -1,24 +1,31 @@
 """The web UI end to end in a real headless Chromium (Debian's ``chromium``, driven by Playwright)
 against real processes: the dispatcher API (with API_TOKEN) and two chunk workers, and the local
-platform serving the real YOLO v3 (tiny IR) detector, the GrabCut interactor and test probes.
+platform serving the real YOLO v3 (tiny IR) detector, the GrabCut interactor, the colour-histogram
+ReID and test probes.
 
 Every test ends by checking that the page raised no JavaScript error. Screenshots of each page go
 to ``test-output/ui/`` for a person to look at.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - conftest, the tests' own helpers, comes last as in every test module
 
+import re
 import uuid
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image, ImageOps
 from playwright.sync_api import Page, expect, sync_playwright
+
+from dispatcher import tracks
 
 from conftest import PROBE, REPO, TESTDATA, TOKEN, Stack, copy_function, serve_platform, wait_until
 
 YOLO = "openvino-omz-public-yolo-v3-tf"
+GRABCUT = "opencv-grabcut"
+REID = "opencv-reid-colour-histogram"
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, installed by scripts/setup.sh
 SCREENSHOTS = REPO / "test-output" / "ui"
 # As root Chromium needs --no-sandbox; the rest keep it off a network this machine does not have.
@@ -26,7 +33,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update"]
 STREET = [TESTDATA / "ultralytics/bus.jpg", TESTDATA / "ultralytics/zidane.jpg",
           sorted((TESTDATA / "coco128-val2017/images").glob("*.jpg"))[0]]
-CAT = TESTDATA / "skimage/chelsea.png"
+CAT = TESTDATA / "skimage/chelsea.png"  # 451 x 300
+BUS = TESTDATA / "ultralytics/bus.jpg"  # 810 x 1080
+# The four people on bus.jpg (x1, y1, x2, y2), marked by hand on the image (as in test_reid.py).
+BUS_PEOPLE = [(50, 400, 245, 900), (222, 405, 345, 860), (0, 550, 80, 875), (668, 395, 810, 880)]
+REGION_COLOUR = (0xFF, 0xB0, 0x00)  # annotate.js's REGION_COLOUR: a region's dashed edge
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +45,17 @@ def platform(tmp_path_factory):
     tree = tmp_path_factory.mktemp("ui-tree")
     copy_function(REPO / "serverless/openvino/omz/public/yolo-v3-tf/nuclio", tree / "yolo")
     copy_function(REPO / "serverless/opencv/grabcut/nuclio", tree / "grabcut")
+    copy_function(REPO / "serverless/opencv/reid-colour-histogram/nuclio", tree / "reid")
     # 0.25 s per frame on 2 workers: a 128-frame request runs ~16 s, long enough to watch and cancel.
     copy_function(PROBE, tree / "slow", **{"metadata.name": "probe-slow", "metadata.annotations.name": "Slow probe",
                                            "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0.25"}],
                                            "spec.eventTimeout": "30s",
                                            "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
+    # 4 s per frame: a run asked to cancel keeps its calls in flight for seconds ("Cancelling…").
+    copy_function(PROBE, tree / "stuck", **{"metadata.name": "probe-stuck", "metadata.annotations.name": "Stuck probe",
+                                            "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "4"}],
+                                            "spec.eventTimeout": "30s",
+                                            "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
     copy_function(PROBE, tree / "masks", **{"metadata.name": "probe-masks", "metadata.annotations.name": "Mask probe",
                                             "metadata.annotations.spec": '[{"id": 0, "name": "thing", "type": "mask"}]',
                                             "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0"},
@@ -96,6 +113,58 @@ def shoot(page: Page, name: str) -> None:
 
 def task_named(stack: Stack, name: str) -> dict:
     return next(task for task in stack.ok("GET", "/api/tasks")["results"] if task["name"] == name)
+
+
+def drag(page: Page, canvas, frame_width: int, start: tuple[int, int], end: tuple[int, int]) -> None:
+    """Press, move and release the left button across a canvas showing a frame ``frame_width`` wide,
+    at frame pixels (the canvas may be shown scaled)."""
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    scale = box["width"] / frame_width
+
+    def at(x, y):
+        return box["x"] + x * scale, box["y"] + y * scale
+
+    page.mouse.move(*at(*start))
+    page.mouse.down()
+    page.mouse.move(*at(*end), steps=6)
+    page.mouse.up()
+
+
+def label_colour(page: Page, label_id: int) -> list[int]:
+    """The RGB the UI draws a label in (dom.js's labelColour)."""
+    return page.evaluate("""async (id) => {
+        const {labelColour} = await import('/ui/dom.js');
+        const probe = new OffscreenCanvas(1, 1).getContext('2d');
+        probe.fillStyle = labelColour(id); probe.fillRect(0, 0, 1, 1);
+        return [...probe.getImageData(0, 0, 1, 1).data.slice(0, 3)];
+    }""", label_id)
+
+
+def pixels(page: Page, selector: str, points: list[tuple[int, int]]) -> list[list[int]]:
+    """RGB of a canvas's pixels, in its own (unscaled) pixels."""
+    return page.evaluate("""([selector, points]) => {
+        const context = document.querySelector(selector).getContext('2d');
+        return points.map(([x, y]) => [...context.getImageData(x, y, 1, 1).data.slice(0, 3)]);
+    }""", [selector, [[round(x), round(y)] for x, y in points]])
+
+
+def near(colour, want, tolerance: int = 2) -> bool:
+    return max(abs(a - b) for a, b in zip(colour, want)) <= tolerance
+
+
+def region_edge_share(page: Page, selector: str, y: float, x1: float, x2: float) -> float:
+    """The share of the columns from x1 to x2 where the canvas shows a region's amber edge at row y
+    (give or take a row: the dashed line is anti-aliased)."""
+    columns = range(round(x1) + 2, round(x2) - 2)
+    rows = [pixels(page, selector, [(x, y + dy) for x in columns]) for dy in (-1, 0, 1)]
+    amber = [any(near(row[index], REGION_COLOUR, 60) for row in rows) for index in range(len(columns))]
+    return sum(amber) / len(amber)
+
+
+def inside(points: list[float], region: list[int]) -> bool:
+    xs, ys = points[0::2], points[1::2]
+    return region[0] <= min(xs) and max(xs) <= region[2] and region[1] <= min(ys) and max(ys) <= region[3]
 
 
 def test_token_prompt_and_models_page(page, stack):
@@ -269,10 +338,10 @@ def test_server_files_task_live_progress_and_cancel(page, stack):
     running.get_by_role("button", name="Cancel").click()
 
     canceled = page.locator("article.request[data-status=canceled]")
-    expect(canceled).to_contain_text("Canceled:", timeout=60_000)
+    expect(canceled).to_contain_text("Canceled on request after", timeout=60_000)
     expect(canceled).to_contain_text("were kept")
     record = next(r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] == task["id"])
-    assert record["status"] == "canceled" and 0 < record["frames"]["done"] < 128
+    assert (record["status"], record["cancel_requested"]) == ("failed", True) and 0 < record["frames"]["done"] < 128
     expect(canceled.locator(".done")).to_have_text(f"{record['frames']['done']} / 128 frames")
     stored = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
     assert len(stored) == record["frames"]["done"]  # the probe draws one thing per frame
@@ -463,6 +532,268 @@ def test_delete_task_from_the_list(page, stack):
     stack.wait(running["id"])
 
 
+def test_dialog_region_drawn_on_the_first_frame(page, stack, tmp_path):
+    """The dialog's region: the server's 400 in words, then a region dragged on the first frame
+    (fields follow), changed in a field (the drawing follows), sent as roi; every shape lands inside."""
+    mirrored = tmp_path / "bus-mirrored.jpg"  # a second frame of another size, with people at other places
+    ImageOps.mirror(Image.open(BUS)).resize((780, 1000)).save(mirrored, quality=90)
+    task = stack.task([{"name": "person", "type": "rectangle"}, {"name": "bus", "type": "rectangle"}], [BUS, mirrored])
+    sign_in(page, stack, f"#/tasks/{task['id']}")
+    page.get_by_role("button", name="Automatic annotation", exact=True).click()
+    dialog = page.get_by_role("dialog", name="Automatic annotation")
+    dialog.get_by_label("Model").select_option(YOLO)
+    summary = dialog.locator("details.region > summary")
+    expect(summary).to_have_text("Region: the whole frame")
+    summary.click()
+    region = dialog.get_by_role("group", name="Region")
+    expect(region).to_contain_text("Frame 0 (bus.jpg, 810×1080)")
+    expect(region).to_contain_text("the region must fit every frame, within 780×1000")
+    fields = {name: region.get_by_label(name, exact=True) for name in ("x", "y", "width", "height")}
+
+    # A region past frame 0's right edge: the server's own words, and the dialog stays open.
+    for name, value in zip(fields, ("500", "300", "400", "200")):
+        fields[name].fill(value)
+    expect(summary).to_have_text("Region: x 500, y 300, 400 x 200")
+    dialog.get_by_role("button", name="Annotate").click()
+    expect(dialog.get_by_role("alert")).to_have_text(
+        "POST /api/lambda/requests: ROI is outside the image: frame 0 is 810x1080 (HTTP 400)")
+    region.get_by_role("button", name="Clear").click()
+    assert [field.input_value() for field in fields.values()] == ["", "", "", ""]
+    expect(summary).to_have_text("Region: the whole frame")
+
+    # Dragged on the picture (shown at 29 %, so a few pixels of rounding): the fields follow.
+    canvas = region.locator("canvas")
+    drag(page, canvas, 810, (40, 200), (760, 700))
+    x, y, width, height = (int(field.input_value()) for field in fields.values())
+    assert abs(x - 40) <= 6 and abs(y - 200) <= 6 and abs(x + width - 760) <= 6 and abs(y + height - 700) <= 6, \
+        (x, y, width, height)
+    expect(summary).to_have_text(f"Region: x {x}, y {y}, {width} x {height}")
+    # Typed: the drawing follows, its dashed amber bottom edge moving up to the new height.
+    scale = canvas.evaluate("(canvas) => canvas.width") / 810
+    fields["height"].fill("450")
+    expect(summary).to_have_text(f"Region: x {x}, y {y}, {width} x 450")
+    assert region_edge_share(page, "canvas.region-canvas", (y + 450) * scale, x * scale, (x + width) * scale) > 0.3
+    dialog.get_by_label("Threshold").fill("0.3")
+    shoot(page, "annotate-dialog-region")
+    dialog.get_by_role("button", name="Annotate").click()
+    expect(dialog).to_be_hidden()
+
+    roi = [x, y, x + width, y + 450]
+    finished = page.locator("article.request[data-status=finished]")
+    expect(finished).to_contain_text("Finished: 2 frames annotated.", timeout=60_000)
+    expect(finished).to_contain_text(f"region x {x}, y {y}, {width} x 450")
+    request = next(r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] == task["id"])
+    assert request["function"]["roi"] == roi
+    shapes = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
+    assert {shape["frame"] for shape in shapes} == {0, 1}, "YOLO found nobody inside the region"
+    assert all(inside(shape["points"], roi) for shape in shapes), [s["points"] for s in shapes]
+    shoot(page, "task-region")
+
+
+def test_viewer_region_with_detect_and_an_interactor(page, stack, tmp_path):
+    """A region dragged on the viewer's canvas: Detect finds only inside it, GrabCut's mask stays in
+    it, a click outside it is refused in words before any call, and Clear region ends it."""
+    small = tmp_path / "bus-small.png"  # 405 x 540
+    Image.open(BUS).convert("RGB").resize((405, 540)).save(small)
+    task = stack.task([{"name": "person", "type": "any"}], [small])
+    sign_in(page, stack, f"#/tasks/{task['id']}/frames/0")
+    canvas = page.locator(".stage canvas")
+    region_text = page.locator(".region-text")
+    expect(region_text).to_have_text("Region: the whole frame")
+    expect(page.get_by_role("button", name="Clear region")).to_be_disabled()
+    page.get_by_role("button", name="Draw region").click()
+    expect(page.get_by_role("button", name="Drawing… (Esc stops)")).to_have_attribute("aria-pressed", "true")
+    drag(page, canvas, 405, (20, 100), (380, 450))
+    expect(region_text).to_contain_text("Detect and the interactors now work inside it")
+    x, y, width, height = map(int, re.search(r"x (\d+), y (\d+), (\d+) x (\d+)", region_text.text_content()).groups())
+    assert max(abs(x - 20), abs(y - 100), abs(x + width - 380), abs(y + height - 450)) <= 2, (x, y, width, height)
+    region = [x, y, x + width, y + height]
+    expect(page.get_by_role("button", name="Draw region")).to_have_attribute("aria-pressed", "false")
+    # Drawn dashed in amber (an interactor's box is cyan), the frame outside it dimmed.
+    assert region_edge_share(page, ".stage canvas", y, x, x + width) > 0.3
+
+    # Detect: only what is inside the region.
+    page.get_by_label("Detector", exact=True).select_option(YOLO)
+    page.get_by_label("Threshold").fill("0.3")
+    page.get_by_role("button", name="Detect", exact=True).click()
+    expect(page.locator(".detect-status")).to_contain_text("found inside the region")
+    shapes = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
+    assert shapes and all(inside(shape["points"], region) for shape in shapes), shapes
+    objects = page.get_by_role("list", name="Objects on this frame").get_by_role("listitem")
+    expect(objects).to_have_count(len(shapes))
+    shoot(page, "viewer-region-detect")
+
+    # GrabCut in the region: clicks outside it are refused in words, nothing is called.
+    page.get_by_label("Interactor", exact=True).select_option(GRABCUT)
+    page.get_by_label("Label", exact=True).select_option(label="person")
+    status = page.locator(".ai-status")
+    box = canvas.bounding_box()
+    scale = box["width"] / 405
+    page.mouse.click(box["x"] + 8 * scale, box["y"] + 60 * scale)
+    expect(status).to_contain_text(f"is outside the region x {x}, y {y}, {width} x {height}: click inside it, "
+                                   "or clear the region.")
+    page.mouse.click(box["x"] + 390 * scale, box["y"] + 300 * scale, button="right")
+    expect(status).to_contain_text("is outside the region")
+    # A box around the man in the black coat, dragged past the region's bottom: clipped to the
+    # region; then a positive click on him.
+    drag(page, canvas, 405, (100, 200), (205, 470))
+    expect(status).to_contain_text("from 0 positive and 0 negative point(s) and a box", timeout=60_000)
+    page.mouse.click(box["x"] + 150 * scale, box["y"] + 300 * scale)
+    expect(status).to_contain_text("from 1 positive and 0 negative point(s) and a box")
+    shoot(page, "viewer-region-interactor")
+    page.get_by_role("button", name="Save as annotation").click()
+    expect(objects).to_have_count(len(shapes) + 1)
+    mask = next(s for s in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"] if s["type"] == "mask")
+    left, top, right, bottom = mask["points"][-4:]  # inclusive
+    assert region[0] <= left and region[1] <= top and right < region[2] and bottom < region[3], (mask["points"][-4:], region)
+    assert sum(mask["points"][:-4][1::2]) > 1000  # a real mask, not a speck
+
+    page.get_by_role("button", name="Clear region").click()
+    expect(region_text).to_contain_text("Region: the whole frame")
+    expect(page.get_by_role("button", name="Clear region")).to_be_disabled()
+
+
+def pan_frames(folder: Path, count: int, step: int) -> tuple[list[Path], list[list[list[float]]]]:
+    """Frames of a camera panning right across bus.jpg ``step`` px per frame, at half size (380 x
+    280), and the four people's boxes on each (clipped to the frame)."""
+    photo = Image.open(BUS).convert("RGB")
+    paths, boxes = [], []
+    for index in range(count):
+        left, top = index * step, 360
+        path = folder / f"pan{index}.jpg"
+        photo.crop((left, top, left + 760, top + 560)).resize((380, 280)).save(path, quality=92)
+        paths.append(path)
+        boxes.append([[max(x1 - left, 0) / 2, max(y1 - top, 0) / 2, min(x2 - left, 760) / 2, min(y2 - top, 560) / 2]
+                      for x1, y1, x2, y2 in BUS_PEOPLE])
+    return paths, boxes
+
+
+def test_reid_from_the_dialog_and_tracks_in_the_viewer(page, stack, tmp_path):
+    """ReID in the dialog (its own two numbers, the detector's options gone) links rectangles made
+    through the API into tracks; the viewer lists and draws the tracks visible on a middle frame,
+    interpolates between keyframes, and deletes a whole track."""
+    paths, boxes = pan_frames(tmp_path, 4, 8)
+    task = stack.task([{"name": "person", "type": "rectangle"}, {"name": "marker", "type": "rectangle"}], paths)
+    person, marker = (label["id"] for label in task["labels"])
+    stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"}, json={"shapes": [
+        {"frame": frame, "label_id": person, "type": "rectangle", "points": points}
+        for frame, frame_boxes in enumerate(boxes) for points in frame_boxes]})
+    sign_in(page, stack, f"#/tasks/{task['id']}")
+    page.get_by_role("button", name="Automatic annotation", exact=True).click()
+    dialog = page.get_by_role("dialog", name="Automatic annotation")
+    dialog.get_by_label("Model", exact=True).select_option(YOLO)
+    expect(dialog.get_by_label("Return masks as polygons")).to_be_visible()
+    dialog.get_by_label("Model", exact=True).select_option(REID)
+    for gone in ("Return masks as polygons", "Clean old annotations"):
+        expect(dialog.get_by_label(gone)).to_have_count(0)
+    expect(dialog.locator("details.region, .mapping")).to_have_count(0)
+    expect(dialog.get_by_label("Threshold")).to_have_value("0.5")
+    expect(dialog.get_by_label("Maximum distance")).to_have_value("50")
+    shoot(page, "annotate-dialog-reid")
+    dialog.get_by_role("button", name="Annotate").click()
+    expect(dialog).to_be_hidden()
+
+    finished = page.locator("article.request[data-status=finished]")
+    expect(finished).to_contain_text("3 / 3 frame pairs", timeout=60_000)
+    expect(finished).to_contain_text("Finished: 3 frame pairs linked; the task's rectangles are now tracks.")
+    request = next(r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] == task["id"])
+    assert (request["function"]["id"], request["function"]["threshold"], request["function"]["max_distance"]) == \
+        (REID, 0.5, 50)
+    data = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")
+    assert data["shapes"] == [] and data["tracks"]
+    shoot(page, "task-reid")
+
+    # A track of our own between keyframes 0 and 2, gone from frame 3 (an outside keyframe).
+    keyframe = {"type": "rectangle", "outside": False}
+    stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"}, json={"tracks": [
+        {"frame": 0, "label_id": marker, "shapes": [{**keyframe, "frame": 0, "points": [250, 200, 290, 240]},
+                                                    {**keyframe, "frame": 2, "points": [290, 200, 330, 240]},
+                                                    {**keyframe, "frame": 3, "points": [290, 200, 330, 240],
+                                                     "outside": True}]}]})
+
+    page.goto(f"{stack.url}/ui/#/tasks/{task['id']}/frames/1")
+    on_frame = stack.ok("GET", f"/api/tasks/{task['id']}/annotations", params={"frame": 1})["tracks"]
+    people = [track for track in on_frame if track["label_id"] == person]
+    [ours] = [track for track in on_frame if track["label_id"] == marker]
+    items = page.get_by_role("list", name="Objects on this frame").locator("li[data-type=track]")
+    expect(items).to_have_count(len(people) + 1)
+    for track in people:
+        expect(items.filter(has_text=f"track person #{track['id']} · rectangle, keyframe")).to_have_count(1)
+    expect(items.filter(has_text=f"track marker #{ours['id']} · rectangle, interpolated")).to_have_count(1)
+    # Drawn: each person's box on frame 1 (its left edge, half-way down, in the label's colour), and
+    # ours half-way between its keyframes (left edge at x 270, not 250 or 290).
+    edges = [(track["shapes"][1]["points"][0], sum(track["shapes"][1]["points"][1::2]) / 2) for track in people
+             if track["shapes"][0]["frame"] == 0 and track["shapes"][1]["frame"] == 1]
+    assert edges, people
+    drawn = pixels(page, ".stage canvas", [*edges, (270, 220), (250, 220), (290, 220)])
+    assert all(near(colour, label_colour(page, person)) for colour in drawn[:len(edges)]), drawn
+    assert near(drawn[-3], label_colour(page, marker)), drawn
+    assert not any(near(colour, label_colour(page, marker), 20) for colour in drawn[-2:]), drawn
+    shoot(page, "viewer-tracks")
+
+    # Delete removes the whole track.
+    gone = people[0]["id"]
+    items.filter(has_text=f"track person #{gone} ").get_by_role("button", name="Delete").click()
+    expect(items).to_have_count(len(people))
+    assert gone not in {track["id"] for track in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["tracks"]}
+
+    # On frame 3 our track is outside: not listed; the people's tracks still are.
+    page.goto(f"{stack.url}/ui/#/tasks/{task['id']}/frames/3")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Frame 3 of 3")
+    expect(items.filter(has_text="track marker")).to_have_count(0)
+    expect(items.filter(has_text="track person")).to_have_count(
+        len(stack.ok("GET", f"/api/tasks/{task['id']}/annotations", params={"frame": 3})["tracks"]))
+
+
+def test_viewer_track_rule_matches_the_server(page, stack):
+    """viewer.js's trackShapeAt against dispatcher/tracks.py's shape_at, frame by frame: linear
+    moves, holds, outside gaps and the end of the task."""
+    def shape(frame, points, outside=False, kind="rectangle", rotation=0):
+        return {"type": kind, "frame": frame, "points": points, "rotation": rotation, "occluded": False,
+                "outside": outside, "z_order": 0, "attributes": []}
+    examples = [
+        {"shapes": [shape(1, [0, 0, 10, 10]), shape(3, [20, 0, 30, 10], outside=True), shape(5, [40, 40, 50, 50])]},
+        {"shapes": [shape(0, [0, 0, 10, 0, 10, 10], kind="polygon"), shape(4, [8, 0, 18, 0, 18, 10], kind="polygon")]},
+        {"shapes": [shape(0, [0, 0, 10, 0, 10, 10], kind="polygon"), shape(2, [0, 0, 10, 0], kind="polygon")]},
+        {"shapes": [shape(0, [1, 1, 0, 0, 0], kind="mask"), shape(4, [1, 1, 2, 2, 2], kind="mask")]},
+        {"shapes": [shape(0, [10, 10, 20, 15], kind="ellipse", rotation=0), shape(2, [14, 10, 24, 15], kind="ellipse",
+                                                                             rotation=40)]},
+        {"shapes": [shape(2, [5, 5, 9, 9]), shape(3, [5, 5, 9, 9], outside=True)]},
+    ]
+    sign_in(page, stack, "#/models")
+    got = page.evaluate("""async (examples) => {
+        const {trackShapeAt} = await import('/ui/viewer.js');
+        return examples.map((track) => [0, 1, 2, 3, 4, 5, 6].map((frame) => {
+            const shape = trackShapeAt(track, frame, 6);
+            return shape && {points: shape.points, rotation: shape.rotation, keyframe: shape.keyframe};
+        }));
+    }""", examples)
+
+    def seen(shape):
+        return shape and {"points": shape["points"], "rotation": shape["rotation"], "keyframe": shape["keyframe"]}
+    assert got == [[seen(tracks.shape_at(track, frame, 6)) for frame in range(7)] for track in examples]
+
+
+def test_cancelling_is_shown_until_the_last_chunk_stops(page, stack):
+    """After Cancel a run whose calls are still in flight reads "Cancelling…" (not finished, not
+    yet canceled); once its chunk has stopped it reads canceled with the server's reason."""
+    task = stack.task([{"name": "thing"}], [CAT] * 6)
+    stack.ok("POST", "/api/lambda/requests", json={"function": "probe-stuck", "task": task["id"]})
+    sign_in(page, stack, f"#/tasks/{task['id']}")
+    running = page.locator("article.request").filter(has_text="probe-stuck")
+    expect(running).to_have_attribute("data-status", "started")
+    running.get_by_role("button", name="Cancel").click()
+    expect(running).to_have_attribute("data-status", "cancelling")
+    expect(running.locator(".status")).to_have_text("Cancelling…")
+    expect(running.get_by_role("button", name="Cancelling…")).to_be_disabled()
+    expect(running.locator(".eta")).to_have_text("stopping after the frames in progress")
+    shoot(page, "task-cancelling")
+    expect(running).to_have_attribute("data-status", "canceled", timeout=30_000)
+    expect(running.locator(".outcome")).to_contain_text("Canceled on request after")
+    record = next(r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] == task["id"])
+    assert (record["status"], record["cancel_requested"]) == ("failed", True)
+
+
 UNNAMED_CONTROLS = """() => {
     const named = (el) => {
         if (el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')) return true;
@@ -490,11 +821,21 @@ def test_every_control_and_table_has_an_accessible_name(page, stack):
     pages["tasks"] = page.evaluate(UNNAMED_CONTROLS)
     page.goto(f"{stack.url}/ui/#/tasks/{task['id']}")
     page.get_by_role("button", name="Automatic annotation", exact=True).click()
-    page.get_by_role("dialog", name="Automatic annotation").get_by_label("Model").select_option(YOLO)
+    dialog = page.get_by_role("dialog", name="Automatic annotation")
+    dialog.get_by_label("Model").select_option(YOLO)
+    dialog.locator("details.region > summary").click()
+    expect(dialog.get_by_role("group", name="Region")).to_contain_text("Frame 0 (chelsea.png, 451×300)")
     pages["annotate dialog"] = page.evaluate(UNNAMED_CONTROLS)
+    dialog.get_by_label("Model", exact=True).select_option(REID)
+    pages["annotate dialog, ReID"] = page.evaluate(UNNAMED_CONTROLS)
     page.keyboard.press("Escape")
+    stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"}, json={"tracks": [
+        {"frame": 0, "label_id": task["labels"][0]["id"],
+         "shapes": [{"type": "mask", "frame": 0, "points": [0, 100, 10, 10, 19, 19]}]}]})
     page.goto(f"{stack.url}/ui/#/tasks/{task['id']}/frames/0")
     page.get_by_label("Interactor", exact=True).select_option("opencv-grabcut")
+    page.get_by_role("button", name="Draw region").click()
+    expect(page.get_by_role("list", name="Objects on this frame")).to_contain_text("track cat #")
     pages["viewer"] = page.evaluate(UNNAMED_CONTROLS)
     assert pages == {name: [] for name in pages}
     # Keyboard: a fresh page starts with the skip link, then the main navigation.

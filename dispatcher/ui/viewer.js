@@ -1,9 +1,14 @@
-// The viewer: one frame of a task with its annotations drawn, keyboard stepping, and CVAT's AI
-// tools on it: interactors (left click positive, right click negative, a box first where the
-// function starts with one) and "Detect" with a detector on this frame only.
+// The viewer: one frame of a task with its annotations (tags, shapes, and the tracks visible on
+// the frame) drawn, keyboard stepping, and CVAT's AI tools on it: interactors (left click
+// positive, right click negative, a box first where the function starts with one) and "Detect"
+// with a detector on this frame only, both optionally inside a region (CVAT's roi).
 import {api, guarded, showError} from "./api.js";
+import {describeRegion, REGION_COLOUR} from "./annotate.js";
 import {field, h, labelColour} from "./dom.js";
 import {decodeMask, encodeMask} from "./masks.js";
+
+// The region drawn per task, kept while the user steps through the task's frames (this tab only).
+const regions = new Map();
 
 export async function viewerPage(view, taskId, frameNumber) {
   const [task, meta, functions] = await Promise.all([
@@ -20,26 +25,45 @@ export async function viewerPage(view, taskId, frameNumber) {
   const labels = flatLabels(task.labels);
   const frameInfo = meta.frames[frameNumber];
   const canvas = h("canvas", {width: frameInfo.width, height: frameInfo.height, tabindex: "0",
-    "aria-label": `Frame ${frameNumber} (${frameInfo.name}) with its annotations; left click adds a positive point, right click a negative one`});
+    "aria-label": `Frame ${frameNumber} (${frameInfo.name}) with its annotations; left click adds a positive point, right click a negative one; after "Draw region", drag the region`});
   const objects = h("ul", {class: "objects", "aria-label": "Objects on this frame"});
   const status = h("p", {class: "ai-status", role: "status"});
   const image = await loadFrame(taskId, frameNumber);
   let shapes = [];
   let tags = [];
+  let tracks = []; // [{track, shape}]: the track and its shape on this frame
   const interaction = {fn: null, label: null, pos: [], neg: [], box: null, drag: null, mask: null, busy: false, dirty: false};
+  // The region ([xtl, ytl, xbr, ybr], right and bottom exclusive) Detect and the interactors run in.
+  let region = regions.get(taskId) || null;
+  let regionNote = "";
+  if (region && (region[2] > frameInfo.width || region[3] > frameInfo.height)) {
+    regionNote = `The region ${describeRegion(region)} does not fit this ${frameInfo.width}×${frameInfo.height} frame and was cleared.`;
+    region = null;
+    regions.delete(taskId);
+  }
+  const regionMode = {drawing: false, drag: null};
 
   async function loadAnnotations() {
     const data = await api("GET", `/api/tasks/${taskId}/annotations?frame=${frameNumber}`);
     shapes = data.shapes;
     tags = data.tags;
+    tracks = data.tracks.map((track) => ({track, shape: trackShapeAt(track, frameNumber, meta.size - 1)}))
+      .filter(({shape}) => shape);
     listObjects();
     draw();
   }
 
   function listObjects() {
-    const items = [...tags.map((tag) => objectItem(tag, "tag")), ...shapes.map((shape) => objectItem(shape, shape.type))];
+    const items = [...tags.map((tag) => objectItem(tag, "tag")), ...shapes.map((shape) => objectItem(shape, shape.type)),
+      ...tracks.map(trackItem)];
     objects.replaceChildren(...(items.length ? items : [h("li", {class: "muted"}, "No annotations on this frame.")]));
   }
+
+  const deleteButton = (what, kind, id) => h("button", {type: "button", class: "quiet", "aria-label": `Delete ${what}`,
+    onclick: (event) => guarded(async () => {
+      await api("PATCH", `/api/tasks/${taskId}/annotations?action=delete`, {json: {[kind]: [{id}]}});
+      await loadAnnotations();
+    }, event.currentTarget)}, "Delete");
 
   function objectItem(item, type) {
     const label = labels.get(item.label_id);
@@ -50,11 +74,21 @@ export async function viewerPage(view, taskId, frameNumber) {
       item.score !== undefined ? ` · ${item.score.toFixed(2)}` : "",
       describeAttributes(item, label) ? ` · ${describeAttributes(item, label)}` : "",
       item.source ? h("span", {class: "muted"}, ` (${item.source})`) : "", " ",
-      h("button", {type: "button", class: "quiet", "aria-label": `Delete ${type} ${label ? label.name : ""} ${item.id}`,
-        onclick: (event) => guarded(async () => {
-          await api("PATCH", `/api/tasks/${taskId}/annotations?action=delete`, {json: {[kind]: [{id: item.id}]}});
-          await loadAnnotations();
-        }, event.currentTarget)}, "Delete"));
+      deleteButton(`${type} ${label ? label.name : ""} ${item.id}`, kind, item.id));
+  }
+
+  // A track: "track <label> #<id>", its shape type, keyframe or interpolated; Delete removes the whole track.
+  function trackItem({track, shape}) {
+    const label = labels.get(track.label_id);
+    const name = label ? label.name : String(track.label_id);
+    const attributes = describeAttributes({attributes: [...(track.attributes || []), ...(shape.attributes || [])]}, label);
+    return h("li", {dataset: {type: "track", label: label ? label.name : "", track: track.id}},
+      h("span", {class: "swatch", style: `background:${labelColour(track.label_id)}`}),
+      `track ${name} #${track.id}`,
+      h("span", {class: "muted"}, ` · ${shape.type}, ${shape.keyframe ? "keyframe" : "interpolated"}`),
+      attributes ? ` · ${attributes}` : "",
+      track.source ? h("span", {class: "muted"}, ` (${track.source})`) : "", " ",
+      deleteButton(`track ${name} #${track.id}`, "tracks", track.id));
   }
 
   function draw() {
@@ -62,8 +96,55 @@ export async function viewerPage(view, taskId, frameNumber) {
     context.drawImage(image, 0, 0);
     const width = Math.max(2, Math.round(Math.max(canvas.width, canvas.height) / 400));
     for (const shape of shapes) drawShape(context, shape, labels.get(shape.label_id), width);
+    for (const {track, shape} of tracks) {
+      const label = labels.get(track.label_id);
+      drawShape(context, {...shape, label_id: track.label_id, attributes: [...(track.attributes || []), ...(shape.attributes || [])]},
+        label, width, `${label ? label.name : track.label_id} #${track.id}`);
+    }
+    const shownRegion = region || (regionMode.drag && boxOf(regionMode.drag.start, regionMode.drag.end));
+    if (shownRegion) drawRegion(context, shownRegion, width);
     drawInteraction(context, interaction, width);
   }
+
+  // Region: drawn by dragging on the canvas after "Draw region"; sent as roi with Detect and with
+  // every interactor call while set.
+  const regionText = h("p", {class: "region-text", role: "status"});
+  const drawRegionButton = h("button", {type: "button", "aria-pressed": "false"}, "Draw region");
+  const clearRegionButton = h("button", {type: "button", class: "quiet"}, "Clear region");
+
+  function showRegion(message) {
+    regionText.replaceChildren(h("strong", {}, "Region: "), region ? describeRegion(region) : "the whole frame",
+      message ? h("span", {class: "muted"}, ` · ${message}`) : "");
+    clearRegionButton.disabled = !region;
+    drawRegionButton.setAttribute("aria-pressed", String(regionMode.drawing));
+    drawRegionButton.textContent = regionMode.drawing ? "Drawing… (Esc stops)" : "Draw region";
+  }
+
+  function setRegion(value, message) {
+    region = value;
+    if (region) regions.set(taskId, region);
+    else regions.delete(taskId);
+    regionMode.drawing = false;
+    regionMode.drag = null;
+    // Points and a box placed for the old region may lie outside the new one: start over.
+    if (interaction.fn && (interaction.pos.length || interaction.neg.length || interaction.box)) resetInteraction();
+    showRegion(message);
+    draw();
+  }
+
+  drawRegionButton.addEventListener("click", () => {
+    regionMode.drawing = !regionMode.drawing;
+    regionMode.drag = null;
+    showRegion(regionMode.drawing ? "drag across the frame to draw it" : "");
+    draw();
+    if (regionMode.drawing) canvas.focus();
+  });
+  clearRegionButton.addEventListener("click", () => setRegion(null, "cleared"));
+  showRegion(regionNote);
+
+  const insideRegion = ([x, y]) => !region || (region[0] <= x && x < region[2] && region[1] <= y && y < region[3]);
+  const outsideMessage = ([x, y]) =>
+    `The point (${x}, ${y}) is outside the region ${describeRegion(region)}: click inside it, or clear the region.`;
 
   // Interactors
   const interactors = functions.filter((fn) => fn.kind === "interactor");
@@ -104,9 +185,10 @@ export async function viewerPage(view, taskId, frameNumber) {
     status.textContent = `Running ${interaction.fn.name}…`;
     const box = interaction.box;
     try {
-      const reply = await api("POST", `/api/lambda/functions/${interaction.fn.id}`, {json: {
-        task: taskId, frame: frameNumber, pos_points: interaction.pos, neg_points: interaction.neg,
-        obj_bbox: box ? [[box[0], box[1]], [box[2], box[3]]] : []}});
+      const body = {task: taskId, frame: frameNumber, pos_points: interaction.pos, neg_points: interaction.neg,
+        obj_bbox: box ? [[box[0], box[1]], [box[2], box[3]]] : []};
+      if (region) body.roi = region;
+      const reply = await api("POST", `/api/lambda/functions/${interaction.fn.id}`, {json: body});
       if (!Array.isArray(reply.mask)) throw new Error(`${interaction.fn.name} replied without a mask`);
       interaction.mask = encodeMask(reply.mask);
       const area = interaction.mask ? decodeMask(interaction.mask).pixels.reduce((sum, v) => sum + v, 0) : 0;
@@ -137,31 +219,71 @@ export async function viewerPage(view, taskId, frameNumber) {
     return [Math.round((event.clientX - rect.left) * canvas.width / rect.width),
       Math.round((event.clientY - rect.top) * canvas.height / rect.height)];
   };
+  // Frame pixels under the pointer, inside the frame.
+  const framePoint = (event) => imagePoint(event).map((v, i) => Math.min(i ? canvas.height : canvas.width, Math.max(0, v)));
   canvas.addEventListener("contextmenu", (event) => {
     event.preventDefault();
-    if (!interaction.fn) return;
-    interaction.neg.push(imagePoint(event));
+    if (!interaction.fn || regionMode.drawing) return;
+    const point = imagePoint(event);
+    if (!insideRegion(point)) { status.textContent = outsideMessage(point); return; }
+    interaction.neg.push(point);
     interact();
   });
   canvas.addEventListener("mousedown", (event) => {
-    if (event.button !== 0 || !interaction.fn) return;
+    if (event.button !== 0) return;
+    if (regionMode.drawing) {
+      event.preventDefault();
+      regionMode.drag = {start: framePoint(event), end: framePoint(event)};
+      return;
+    }
+    if (!interaction.fn) return;
     interaction.drag = {start: imagePoint(event), end: imagePoint(event)};
   });
   canvas.addEventListener("mousemove", (event) => {
+    if (regionMode.drag) {
+      regionMode.drag.end = framePoint(event);
+      draw();
+      return;
+    }
     if (!interaction.drag) return;
     interaction.drag.end = imagePoint(event);
     draw();
   });
   canvas.addEventListener("mouseup", (event) => {
-    if (event.button !== 0 || !interaction.drag) return;
+    if (event.button !== 0) return;
+    if (regionMode.drag) {
+      const drawn = boxOf(regionMode.drag.start, framePoint(event));
+      regionMode.drag = null;
+      if (drawn[2] - drawn[0] < 2 || drawn[3] - drawn[1] < 2) {
+        showRegion("drag across the frame (press, move, release) to draw it");
+        draw();
+        return;
+      }
+      setRegion(drawn, "Detect and the interactors now work inside it");
+      return;
+    }
+    if (!interaction.drag) return;
     const {start} = interaction.drag;
     const end = imagePoint(event);
     interaction.drag = null;
     const dragged = Math.abs(end[0] - start[0]) > 4 && Math.abs(end[1] - start[1]) > 4;
     if (dragged && boxAllowed(interaction.fn) && !interaction.box) {
-      interaction.box = [Math.min(start[0], end[0]), Math.min(start[1], end[1]), Math.max(start[0], end[0]), Math.max(start[1], end[1])];
+      let box = boxOf(start, end);
+      if (region) { // the box is clipped to the region, where the interactor works
+        box = [Math.max(box[0], region[0]), Math.max(box[1], region[1]), Math.min(box[2], region[2] - 1), Math.min(box[3], region[3] - 1)];
+        if (box[2] - box[0] < 2 || box[3] - box[1] < 2) {
+          status.textContent = `The box is outside the region ${describeRegion(region)}: drag it inside the region, or clear the region.`;
+          draw();
+          return;
+        }
+      }
+      interaction.box = box;
     } else if (boxRequired(interaction.fn) && !interaction.box) {
       status.textContent = "Draw a box first: press the mouse button, drag across the object, release.";
+      draw();
+      return;
+    } else if (!insideRegion(end)) {
+      status.textContent = outsideMessage(end);
       draw();
       return;
     } else {
@@ -179,15 +301,16 @@ export async function viewerPage(view, taskId, frameNumber) {
   const detectStatus = h("p", {role: "status", class: "detect-status"});
   detectButton.addEventListener("click", () => guarded(async () => {
     if (!detectorSelect.value) throw new Error("Choose a detector first.");
-    detectStatus.textContent = "Detecting…";
+    detectStatus.textContent = region ? `Detecting inside the region ${describeRegion(region)}…` : "Detecting…";
     const body = {task: taskId, frame: frameNumber};
     if (detectThreshold.value !== "") body.threshold = Number(detectThreshold.value);
+    if (region) body.roi = region;
     try {
       const found = await api("POST", `/api/lambda/functions/${detectorSelect.value}`, {json: body});
       if (found.shapes.length || found.tags.length) {
         await api("PATCH", `/api/tasks/${taskId}/annotations?action=create`, {json: {shapes: found.shapes, tags: found.tags}});
       }
-      detectStatus.textContent = `Added ${found.shapes.length} shape(s) and ${found.tags.length} tag(s).`;
+      detectStatus.textContent = `Added ${found.shapes.length} shape(s) and ${found.tags.length} tag(s)${body.roi ? " found inside the region" : ""}.`;
     } catch (error) {
       detectStatus.textContent = "Detection failed; see the message above.";
       throw error;
@@ -201,7 +324,12 @@ export async function viewerPage(view, taskId, frameNumber) {
     if (event.target.closest("input, select, textarea") || event.altKey || event.ctrlKey || event.metaKey) return;
     if (event.key === "ArrowRight" && frameNumber + 1 < meta.size) { event.preventDefault(); go(frameNumber + 1); }
     if (event.key === "ArrowLeft" && frameNumber > 0) { event.preventDefault(); go(frameNumber - 1); }
-    if (event.key === "Escape" && interaction.fn) resetInteraction();
+    if (event.key === "Escape" && regionMode.drawing) {
+      regionMode.drawing = false;
+      regionMode.drag = null;
+      showRegion("");
+      draw();
+    } else if (event.key === "Escape" && interaction.fn) resetInteraction();
   };
   document.addEventListener("keydown", onKey);
   const frameInput = h("input", {type: "number", min: "0", max: String(meta.size - 1), value: String(frameNumber)});
@@ -218,6 +346,9 @@ export async function viewerPage(view, taskId, frameNumber) {
       h("div", {class: "stage"}, canvas),
       h("aside", {},
         h("section", {class: "card", "aria-labelledby": "objects-title"}, h("h2", {id: "objects-title"}, "Annotations"), objects),
+        h("section", {class: "card", "aria-labelledby": "region-title"}, h("h2", {id: "region-title"}, "Region"),
+          h("p", {class: "muted"}, "Detect and the interactors work inside the region only; it is kept for this task's other frames."),
+          regionText, h("div", {class: "buttons"}, drawRegionButton, clearRegionButton)),
         h("section", {class: "card", "aria-labelledby": "ai-title"}, h("h2", {id: "ai-title"}, "Interactors"),
           field("Interactor", interactorSelect), field("Label", labelSelect), help, status,
           h("div", {class: "buttons"}, saveButton, resetButton)),
@@ -257,7 +388,7 @@ function describeAttributes(item, label) {
   return item.attributes.map((a) => `${names.get(a.spec_id) || a.spec_id}=${a.value}`).join(", ");
 }
 
-function drawShape(context, shape, label, width) {
+function drawShape(context, shape, label, width, name) {
   const colour = labelColour(shape.label_id);
   const p = shape.points;
   context.save();
@@ -301,9 +432,55 @@ function drawShape(context, shape, label, width) {
   } else {
     for (let i = 0; i < p.length; i += 2) dot(context, p[i], p[i + 1], width * 2);
   }
-  const text = (label ? label.name : String(shape.label_id)) + (shape.score !== undefined ? ` ${shape.score.toFixed(2)}` : "");
+  const text = (name || (label ? label.name : String(shape.label_id))) + (shape.score !== undefined ? ` ${shape.score.toFixed(2)}` : "");
   const attributes = describeAttributes(shape, label);
   caption(context, attributes ? `${text} · ${attributes}` : text, bounds, colour, width);
+  context.restore();
+}
+
+// [x1, y1, x2, y2] of two corners, in either order.
+function boxOf(start, end) {
+  return [Math.min(start[0], end[0]), Math.min(start[1], end[1]), Math.max(start[0], end[0]), Math.max(start[1], end[1])];
+}
+
+// A track's shape on a frame, by the server's rule (dispatcher/tracks.py): shown from its first
+// keyframe on; between keyframes rectangles, ellipses, cuboids and polygons, polylines and points
+// with the same number of points move linearly, anything else (masks) holds the previous
+// keyframe; nothing after an outside keyframe until the next keyframe; after the last keyframe it
+// holds to the task's last frame unless that keyframe is outside. Null where it is not visible.
+const LINEAR = ["rectangle", "ellipse", "cuboid", "polygon", "polyline", "points"];
+
+export function trackShapeAt(track, frame, lastFrame) {
+  if (frame > lastFrame) return null;
+  const keyframes = [...track.shapes].sort((a, b) => a.frame - b.frame);
+  let index = -1;
+  while (index + 1 < keyframes.length && keyframes[index + 1].frame <= frame) index++;
+  if (index < 0 || keyframes[index].outside) return null;
+  const shape = keyframes[index];
+  if (shape.frame === frame) return {...shape, keyframe: true};
+  const following = keyframes[index + 1];
+  if (!following || following.outside || !LINEAR.includes(shape.type) || following.type !== shape.type
+      || following.points.length !== shape.points.length) {
+    return {...shape, frame, keyframe: false};
+  }
+  const share = (frame - shape.frame) / (following.frame - shape.frame);
+  return {...shape, frame, keyframe: false,
+    points: shape.points.map((value, i) => value + (following.points[i] - value) * share),
+    rotation: (shape.rotation || 0) + ((following.rotation || 0) - (shape.rotation || 0)) * share};
+}
+
+// The region: the frame outside it dimmed, its edge dashed amber (an interactor's box is cyan).
+function drawRegion(context, [x1, y1, x2, y2], width) {
+  context.save();
+  context.fillStyle = "rgba(0, 0, 0, 0.4)";
+  context.beginPath();
+  context.rect(0, 0, context.canvas.width, context.canvas.height);
+  context.rect(x1, y1, x2 - x1, y2 - y1);
+  context.fill("evenodd");
+  context.lineWidth = width;
+  context.setLineDash([width * 2, width * 2]);
+  context.strokeStyle = REGION_COLOUR;
+  context.strokeRect(x1, y1, x2 - x1, y2 - y1);
   context.restore();
 }
 
@@ -327,12 +504,13 @@ function caption(context, text, [x, y, , bottom], colour, width) {
   context.font = `${size}px system-ui, sans-serif`;
   const textWidth = context.measureText(text).width;
   const top = y - size - 4 >= 0 ? y - size - 4 : bottom + 1; // never over the shape it names
+  const left = Math.max(0, Math.min(x, context.canvas.width - textWidth - 8)); // and never cut by the frame's right edge
   context.fillStyle = colour;
-  context.fillRect(x, top, textWidth + 8, size + 4);
+  context.fillRect(left, top, textWidth + 8, size + 4);
   // The canvas reads a colour back as #rrggbb: dark text on light label colours, white on dark ones.
   const [r, g, b] = [1, 3, 5].map((i) => parseInt(context.fillStyle.slice(i, i + 2), 16));
   context.fillStyle = 0.299 * r + 0.587 * g + 0.114 * b > 140 ? "#000" : "#fff";
-  context.fillText(text, x + 4, top + size - 1);
+  context.fillText(text, left + 4, top + size - 1);
 }
 
 function maskBitmap({width, height, pixels}, colour) {
