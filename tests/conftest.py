@@ -15,10 +15,12 @@ import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
 import redis
 import yaml
+from cvat_sdk.masks import decode_mask
 
 from dispatcher.folder import stop_process
 
@@ -51,6 +53,20 @@ def detect(function: "RunningProcess", image_path: Path, **extra) -> list:
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == "application/json"
     return reply.json()
+
+
+def interactor_shapes_reply(function: "RunningProcess", body: dict, text_prompts) -> tuple["np.ndarray", list[dict]]:
+    """A served interactor's default reply and its ``mask_format: shapes`` reply to the same body,
+    the latter with CVAT 2.60+'s ``text_prompts`` (which ours ignore): the one mask shape must cover
+    exactly the default mask. Returns that mask (0/255) and the shape's attributes."""
+    full = np.asarray(function.http.post("/", json=body).json()["mask"])
+    reply = function.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": text_prompts})
+    assert reply.status_code == 200, reply.text
+    (shape,) = reply.json()["shapes"]
+    assert shape["type"] == "mask"
+    height, width = full.shape
+    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=width, image_height=height), full == 255)
+    return full, shape["attributes"]
 
 
 def function_module(folder: Path, module: str = "model_handler"):

@@ -18,7 +18,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common import settings as function_settings
@@ -26,7 +25,7 @@ from serverless.common.handler import BadRequest
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, StateDictShapes, function_module, serve_function
+from conftest import REPO, TESTDATA, StateDictShapes, function_module, interactor_shapes_reply, serve_function
 
 DEXTR_FUNCTION = REPO / "serverless/openvino/dextr/nuclio"
 BUS = TESTDATA / "ultralytics/bus.jpg"
@@ -310,14 +309,9 @@ def test_served_function_round_trip(dextr_function, dextr):
 
 def test_shapes_reply_is_the_mask_with_the_mean_probability_above_the_threshold(dextr_function, dextr):
     body = {"image": png_b64(bus_crop()), "pos_points": POINTS.tolist()}
-    full = np.array(dextr_function.http.post("/", json=body).json()["mask"])
     # With CVAT 2.60+'s text prompts, which DEXTR ignores.
-    reply = dextr_function.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": "bus"})
-    assert reply.status_code == 200, reply.text
-    (shape,) = reply.json()["shapes"]
-    assert shape["type"] == "mask"
-    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=300, image_height=200), full == 255)
-    (attribute,) = shape["attributes"]
+    full, attributes = interactor_shapes_reply(dextr_function, body, "bus")
+    (attribute,) = attributes
     assert attribute["spec_id"] == 0
     # The 512 x 512 probabilities above 0.8, from the same IR in this process.
     (probabilities,) = dextr.model.infer(mh.network_input(bus_crop(), POINTS, BOX)).values()

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, StateDictShapes, copy_function, function_module, serve_function
+from conftest import (REPO, TESTDATA, StateDictShapes, copy_function, function_module, interactor_shapes_reply,
+                      serve_function)
 
 FBRS_FUNCTION = REPO / "serverless/pytorch/saic-vul/fbrs/nuclio"
 ASTRONAUT = TESTDATA / "skimage/astronaut.png"  # 512 x 512
@@ -393,14 +393,9 @@ def test_served_function_answers_a_full_image_mask(fbrs_function, fbrs):
 def test_shapes_reply_is_the_mask_with_the_mean_probability_over_it(fbrs_function, fbrs):
     image = small_image(64, 40)
     body = {"image": png_b64(image), "pos_points": [[20, 30]], "neg_points": [], "threshold": 0.3}  # one click: fast
-    full = np.asarray(fbrs_function.http.post("/", json=body).json()["mask"])
     # With CVAT 2.60+'s text prompts, which f-BRS ignores.
-    reply = fbrs_function.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": ["a shoulder"]})
-    assert reply.status_code == 200, reply.text
-    (shape,) = reply.json()["shapes"]
-    assert shape["type"] == "mask"
-    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=64, image_height=40), full == 255)
-    (attribute,) = shape["attributes"]
+    full, attributes = interactor_shapes_reply(fbrs_function, body, ["a shoulder"])
+    (attribute,) = attributes
     expected = fbrs.segment(interaction(image, pos=[[20, 30]], threshold=0.3)).confidence
     assert attribute["spec_id"] == 0 and 0.3 < float(attribute["value"]) <= 1
     assert float(attribute["value"]) == pytest.approx(expected, abs=1e-3)  # same computation, other process

@@ -16,14 +16,13 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common.handler import BadRequest
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta, annotation_strings
 
-from conftest import REPO, TESTDATA, b64_file, function_module, serve_function
+from conftest import REPO, TESTDATA, b64_file, function_module, interactor_shapes_reply, serve_function
 
 GRABCUT_FUNCTION = REPO / "serverless/opencv/grabcut/nuclio"
 mh = function_module(GRABCUT_FUNCTION)
@@ -232,16 +231,11 @@ def test_http_round_trip_and_400s(grabcut):
 def test_shapes_reply_is_the_mask_with_its_confidence(grabcut):
     image, _ = disk_scene()
     body = {"image": png_b64(image), "pos_points": [[205, 75]], "neg_points": [], "obj_bbox": None}
-    full = np.asarray(grabcut.http.post("/", json=body).json()["mask"])
     # With CVAT 2.60+'s text prompts, which GrabCut ignores.
-    reply = grabcut.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": ["a white disk"]})
-    assert reply.status_code == 200, reply.text
-    (shape,) = reply.json()["shapes"]
-    assert shape["type"] == "mask"
-    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=300, image_height=180), full == 255)
+    full, attributes = interactor_shapes_reply(grabcut, body, ["a white disk"])
     # Deterministic: the same digits as in this process.
     expected = mh.GrabCut().segment(interaction(image, pos=[(205, 75)])).confidence
-    assert shape["attributes"] == [{"spec_id": 0, "value": f"{expected:.4f}"}]
+    assert attributes == [{"spec_id": 0, "value": f"{expected:.4f}"}]
 
 
 def test_click_protocol_accuracy_on_composites_over_http():

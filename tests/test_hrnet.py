@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, StateDictShapes, function_module, serve_function
+from conftest import REPO, TESTDATA, StateDictShapes, function_module, interactor_shapes_reply, serve_function
 
 HRNET_FUNCTION = REPO / "serverless/pytorch/saic-vul/hrnet/nuclio"
 ASTRONAUT = TESTDATA / "skimage/astronaut.png"  # 512 x 512
@@ -404,14 +403,9 @@ def test_served_function_answers_a_full_image_mask(hrnet_function):
 def test_shapes_reply_is_the_mask_with_the_mean_probability_over_it(hrnet_function, network):
     image = np.asarray(Image.open(ASTRONAUT).convert("RGB"))[60:124, 150:246]  # 64 high, 96 wide
     body = {"image": png_b64(image), "pos_points": [[60, 20]], "neg_points": [], "obj_bbox": None, "threshold": 0.3}
-    full = np.array(hrnet_function.http.post("/", json=body).json()["mask"])
     # With CVAT 2.60+'s text prompts, which HRNET ignores.
-    reply = hrnet_function.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": ["astronaut"]})
-    assert reply.status_code == 200, reply.text
-    (shape,) = reply.json()["shapes"]
-    assert shape["type"] == "mask"
-    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=96, image_height=64), full == 255)
-    (attribute,) = shape["attributes"]
+    full, attributes = interactor_shapes_reply(hrnet_function, body, ["astronaut"])
+    (attribute,) = attributes
     # The probabilities above the threshold, from the same checkpoint in this process.
     probabilities = mh.predict(network, image, [mh.Click(20.0, 60.0, True)])
     assert attribute["spec_id"] == 0 and 0.3 < float(attribute["value"]) <= 1

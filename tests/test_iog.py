@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, StateDictShapes, copy_function, function_module, serve_function
+from conftest import (REPO, TESTDATA, StateDictShapes, copy_function, function_module, interactor_shapes_reply,
+                      serve_function)
 
 IOG_FUNCTION = REPO / "serverless/pytorch/shiyinzhang/iog/nuclio"
 CHELSEA = TESTDATA / "skimage/chelsea.png"  # 451 x 300 (W x H)
@@ -295,14 +295,9 @@ def test_shapes_reply_is_the_mask_with_the_mean_sigmoid_of_the_output(iog_functi
     image = Image.open(CHELSEA).convert("RGB")  # 451 x 300
     body = {"image": png_b64(image), "obj_bbox": [[140, 20], [330, 180]], "pos_points": [[240, 100]],
             "neg_points": [[150, 30]]}
-    full = np.array(iog_function.http.post("/", json=body).json()["mask"])
     # With CVAT 2.60+'s text prompts, which IOG ignores.
-    reply = iog_function.http.post("/", json={**body, "mask_format": "shapes", "text_prompts": ["a cat"]})
-    assert reply.status_code == 200, reply.text
-    (shape,) = reply.json()["shapes"]
-    assert shape["type"] == "mask"
-    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=451, image_height=300), full == 255)
-    (attribute,) = shape["attributes"]
+    full, attributes = interactor_shapes_reply(iog_function, body, ["a cat"])
+    (attribute,) = attributes
     # The output is a logit: its sigmoid, averaged where the output is above the default 0.8,
     # from the same checkpoint in this process. Each of those is above sigmoid(0.8).
     crop = mh.crop_box((140.0, 20.0, 330.0, 180.0), (300, 451))
