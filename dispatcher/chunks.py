@@ -30,7 +30,8 @@ from dispatcher import roi as regions
 from dispatcher import settings as dispatcher_settings
 from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert
 from dispatcher.gateway import Gateway, GatewayError
-from dispatcher.planner import FINAL_STATES, CallSlots, RequestBook
+from dispatcher.call_slots import CallSlots
+from dispatcher.request_book import FINAL_STATES, RequestBook
 from dispatcher.registry import Registry
 from dispatcher.store import InvalidInput, NotFound, StaleRun, Store
 from serverless.common.handler import BadRequest
@@ -41,7 +42,7 @@ RETRYABLE_STATUSES = {500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
-class Services:
+class WorkerServices:
     """What a chunk needs; one per worker process."""
 
     book: RequestBook
@@ -62,15 +63,15 @@ class Cancelled(Exception):
 
 
 @functools.cache
-def worker_services() -> Services:
+def worker_services() -> WorkerServices:
     """The services of this worker process, from the settings; built once, reused by every chunk."""
     settings = dispatcher_settings.current()
     client = redis.Redis.from_url(settings.redis_url)
-    return Services(
+    return WorkerServices(
         book=RequestBook(client, settings.finished_request_ttl, settings.failed_request_ttl),
         slots=CallSlots(client),
         registry=Registry(Gateway(settings)),
-        store=Store(settings.database_url, settings.data_dir, settings.server_files_root),
+        store=Store(settings.database_url, settings.data_dir, settings.server_files_root, settings.max_image_pixels),
         retries=settings.frame_retries,
         backoff=settings.retry_backoff,
     )
@@ -95,12 +96,7 @@ def chunk_failed(job: rq.job.Job, connection, error_type, error, traceback) -> N
     _chunk_stopped(services, run, job.id)
 
 
-def target_frames(store, task: int, job: int | None) -> list[int]:
-    """The task frames a request covers: the whole task, or one job's frames."""
-    return store.job_frames(job) if job is not None else list(range(store.get_task(task)["size"]))
-
-
-def run_chunk(run: str, units: list[int], services: Services, chunk_id: str) -> dict:
+def run_chunk(run: str, units: list[int], services: WorkerServices, chunk_id: str) -> dict:
     """Work through ``units`` of the run; returns a summary (RQ keeps it as the job's result)."""
     request = services.book.get_run(run)
     if request is None or request["status"] in FINAL_STATES:
@@ -116,7 +112,7 @@ def run_chunk(run: str, units: list[int], services: Services, chunk_id: str) -> 
         _chunk_stopped(services, run, chunk_id)
 
 
-def _chunk_stopped(services: Services, run: str, chunk_id: str) -> None:
+def _chunk_stopped(services: WorkerServices, run: str, chunk_id: str) -> None:
     running = services.book.chunk_ended(run, chunk_id)
     if not services.book.cancel_requested(run):
         finish_if_complete(services, run)
@@ -124,7 +120,7 @@ def _chunk_stopped(services: Services, run: str, chunk_id: str) -> None:
         services.book.finish(run, "canceled")
 
 
-def _call_with_retries(services: Services, run: str, function, payload: dict):
+def _call_with_retries(services: WorkerServices, run: str, function, payload: dict):
     def stop_if_canceled():
         if services.book.cancel_requested(run):
             raise Cancelled()
@@ -155,7 +151,7 @@ def _run_units(function, units: list[int], work) -> dict[int, object]:
     return outcomes
 
 
-def _function_or_fail(request: dict, units: list[int], services: Services):
+def _function_or_fail(request: dict, units: list[int], services: WorkerServices):
     """The request's function, or None after failing every unit: it was removed or broke since the
     request was made, and running again would not help."""
     try:
@@ -166,7 +162,7 @@ def _function_or_fail(request: dict, units: list[int], services: Services):
         return None
 
 
-def _annotate_frames(request: dict, frames: list[int], services: Services) -> dict:
+def _annotate_frames(request: dict, frames: list[int], services: WorkerServices) -> dict:
     run, parameters, task = request["run"], request["parameters"], request["task"]
     function = _function_or_fail(request, frames, services)
     if function is None:
@@ -203,7 +199,7 @@ def _annotate_frames(request: dict, frames: list[int], services: Services) -> di
 
     outcomes = _run_units(function, frames, annotate)
     results = {frame: outcome for frame, outcome in outcomes.items() if isinstance(outcome, tuple)}
-    cleanup_frames = target_frames(services.store, task, request["job"]) if parameters.get("cleanup") else None
+    cleanup_frames = services.store.target_frames(task, request["job"]) if parameters.get("cleanup") else None
     try:
         services.store.write_results(request["id"], run, task, results, cleanup_frames)
     except StaleRun as error:
@@ -218,7 +214,7 @@ def _annotate_frames(request: dict, frames: list[int], services: Services) -> di
             "canceled": len(frames) - len(outcomes)}
 
 
-def _match_pairs(request: dict, frames: list[int], services: Services) -> dict:
+def _match_pairs(request: dict, frames: list[int], services: WorkerServices) -> dict:
     """ReID: the function's matching for each frame pair (f, f + 1), kept in Redis for the linking."""
     run, parameters, task = request["run"], request["parameters"], request["task"]
     function = _function_or_fail(request, frames, services)
@@ -253,7 +249,7 @@ def _match_pairs(request: dict, frames: list[int], services: Services) -> dict:
             "canceled": len(frames) - len(outcomes)}
 
 
-def finish_if_complete(services: Services, run: str) -> None:
+def finish_if_complete(services: WorkerServices, run: str) -> None:
     """End the run once every unit is done or failed; for ReID, link the pairs into tracks first."""
     book = services.book
     request = book.get_run(run)
@@ -269,7 +265,7 @@ def finish_if_complete(services: Services, run: str) -> None:
         return
     if request["kind"] == "reid":
         task = request["task"]
-        frames = target_frames(services.store, task, request["job"])
+        frames = services.store.target_frames(task, request["job"])
         last_frame = services.store.get_task(task)["size"] - 1
         try:
             services.store.replace_with_tracks(request["id"], run, task, frames,

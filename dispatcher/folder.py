@@ -23,7 +23,7 @@ import httpx
 import redis
 from tqdm import tqdm
 
-from dispatcher.planner import FINAL_STATES
+from dispatcher.request_book import FINAL_STATES
 from dispatcher.settings import REPOSITORY, Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}

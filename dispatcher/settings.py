@@ -28,6 +28,7 @@ class Settings:
     database_url: str | None  # the task store's SQLAlchemy URL; None: SQLite at <data_dir>/dispatcher.sqlite3
     data_dir: Path  # the task store's files: the SQLite database, uploaded frames
     server_files_root: Path | None  # the directory tasks may take frames from by path; None: server files disabled
+    max_image_pixels: int  # uploads and server files with more pixels are refused before decoding
     redis_url: str  # requests' state and the RQ queue "annotation"
     chunk_size: int  # frames per RQ job: tens to hundreds, never one job per frame
     frame_retries: int  # further calls after a retryable failure (5xx, timeout, function down)
@@ -60,6 +61,7 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         database_url=_database_url(environ.get("DATABASE_URL") or None),
         data_dir=data_dir,
         server_files_root=server_files_root,
+        max_image_pixels=_number(environ, "MAX_IMAGE_PIXELS", "100000000", int, positive=True),
         redis_url=environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         chunk_size=_number(environ, "CHUNK_SIZE", "64", int, positive=True),
         frame_retries=_number(environ, "FRAME_RETRIES", "2", int, positive=False),

@@ -14,7 +14,7 @@ import redis
 import rq
 
 import dispatcher.chunks  # noqa: F401  imported before RQ forks a child per chunk, so no chunk pays for it
-from dispatcher.planner import QUEUE
+from dispatcher.submission import QUEUE
 from dispatcher.settings import Settings
 
 JOB_MONITORING_INTERVAL = 5  # seconds between the heartbeats of a running chunk

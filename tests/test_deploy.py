@@ -22,7 +22,7 @@ import rq
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from dispatcher import planner
+from dispatcher import submission
 from serverless.common import model_files
 from serverless.runtime import config as function_config
 from serverless.runtime.platform import discover, load_functions
@@ -403,7 +403,7 @@ def test_workers_scale_on_the_redis_list_where_rq_keeps_our_chunks():
     connection = redis.Redis.from_url("redis://127.0.0.1:6379/7")
     connection.flushdb()
     try:
-        rq.Queue(planner.QUEUE, connection=connection).enqueue("builtins.print", "chunk")
+        rq.Queue(submission.QUEUE, connection=connection).enqueue("builtins.print", "chunk")
         assert connection.llen(trigger["metadata"]["listName"]) == 1
     finally:
         connection.flushdb()

@@ -14,14 +14,17 @@ import rq
 
 from dispatcher import reid
 from dispatcher import settings as dispatcher_settings
-from dispatcher.chunks import Services, run_chunk
+from dispatcher.chunks import WorkerServices, run_chunk
 from dispatcher.gateway import Gateway
-from dispatcher.planner import QUEUE, CallSlots, RequestBook, Run, Target, cancel, plan_chunks, submit
+from dispatcher.call_slots import CallSlots
+from dispatcher.request_book import RequestBook, Run, Target
+from dispatcher.submission import QUEUE, cancel, plan_chunks, submit
 from dispatcher.registry import Registry
 from dispatcher.store import Store
 
 from conftest import PROBE, REPO, TESTDATA, copy_function, serve_platform
 
+PIXELS = 100_000_000  # MAX_IMAGE_PIXELS's default
 YOLO = "openvino-omz-public-yolo-v3-tf"
 FRAMES = [TESTDATA / "ultralytics/bus.jpg", TESTDATA / "ultralytics/zidane.jpg"] + [
     TESTDATA / f"coco128-val2017/images/{name}.jpg" for name in ("000000000139", "000000000632", "000000000785",
@@ -50,9 +53,9 @@ def platform(tmp_path_factory):
 def services(platform, tmp_path):
     client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
     prefix = f"dispatcher-test-{uuid.uuid4().hex}"
-    store = Store(None, tmp_path / "data", None)
+    store = Store(None, tmp_path / "data", None, PIXELS)
     settings = dispatcher_settings.load({"NUCLIO_URL": platform.url})
-    yield Services(RequestBook(client, 1800, 10800, prefix), CallSlots(client, prefix=prefix), Registry(Gateway(settings)),
+    yield WorkerServices(RequestBook(client, 1800, 10800, prefix), CallSlots(client, prefix=prefix), Registry(Gateway(settings)),
                    store, retries=1, backoff=0.05)
     store.close()
     keys = list(client.scan_iter(f"{prefix}:*"))
@@ -207,7 +210,7 @@ def test_chunks_run_on_real_rq_worker_processes(platform, tmp_path):
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     data_dir = tmp_path / "data"
-    store = Store(None, data_dir, None)
+    store = Store(None, data_dir, None, PIXELS)
     try:
         task = new_task(store)
         book = RequestBook(client, 1800, 10800)

@@ -140,7 +140,7 @@ def test_settings_defaults():
     # Without TRACKER_STATE_KEY each process signs tracker states with a random key of its own.
     assert len(settings.tracker_state_key) == 32 and dispatcher_settings.load({}).tracker_state_key != settings.tracker_state_key
     assert settings == dispatcher_settings.Settings("http://127.0.0.1:8070", False, "dashboard", "127.0.0.1", 120.0,
-                                                    None, dispatcher_settings.REPOSITORY / "data", None,
+                                                    None, dispatcher_settings.REPOSITORY / "data", None, 100_000_000,
                                                     "redis://127.0.0.1:6379/0", 64, 2, 0.5, 1800, 10800, None,
                                                     settings.tracker_state_key)
     assert dispatcher_settings.load({"TRACKER_STATE_KEY": "shared"}).tracker_state_key == b"shared"

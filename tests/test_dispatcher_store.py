@@ -21,11 +21,11 @@ from dispatcher import settings as dispatcher_settings
 from dispatcher.converter import TaskAttribute, TaskLabel
 from dispatcher.store import InvalidInput, NotFound, StaleRun, Store, metadata
 from serverless.common import masks
-from serverless.common import settings as function_settings
 from serverless.common.images import decode_image
 
 from conftest import TESTDATA, wait_until
 
+PIXELS = 100_000_000  # MAX_IMAGE_PIXELS's default
 COCO_IMAGES = sorted((TESTDATA / "coco128-val2017" / "images").glob("*.jpg"))[:4]
 ASTRONAUT = TESTDATA / "skimage" / "astronaut.png"
 
@@ -58,7 +58,7 @@ def server_root(tmp_path):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path, server_root):
     url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    store = Store(url, tmp_path / "data", server_root)
+    store = Store(url, tmp_path / "data", server_root, PIXELS)
     yield store
     metadata.drop_all(store._engine)  # the next test starts from empty tables
     store.close()
@@ -222,7 +222,7 @@ def test_frame_sizes_follow_exif_orientation_as_functions_see_them(store):
         (frame["width"], frame["height"])
 
 
-def test_bad_uploads_are_refused_naming_the_file(store, monkeypatch):
+def test_bad_uploads_are_refused_naming_the_file(store):
     task = store.create_task("t", [{"name": "car"}])
     good = (COCO_IMAGES[0].name, COCO_IMAGES[0].read_bytes())
 
@@ -235,7 +235,7 @@ def test_bad_uploads_are_refused_naming_the_file(store, monkeypatch):
         "files[1] ('notes.txt'): not an image file Pillow can read"
     assert refused([("cut.jpg", good[1][:len(good[1]) // 2])]).startswith("files[0] ('cut.jpg'): truncated or corrupt")
     assert refused([]).startswith("files:")
-    monkeypatch.setattr(function_settings, "current", lambda: function_settings.load({"MAX_IMAGE_PIXELS": "1000"}))
+    store.max_image_pixels = 1000  # MAX_IMAGE_PIXELS=1000
     assert refused([good]) == "files[0] ('000000000139.jpg'): 640x426 = 272640 pixels, over the limit of 1000"
     # Nothing of a refused batch is kept.
     assert store.get_task(task["id"])["size"] == 0
@@ -265,7 +265,7 @@ def test_server_files_are_read_in_place_and_confined_to_the_root(store, server_r
         assert str(error.value) == f"paths[1] ({path!r}): {message}"
     assert store.get_task(task["id"])["size"] == 3
 
-    disabled = Store(None, tmp_path / "other", None)
+    disabled = Store(None, tmp_path / "other", None, PIXELS)
     other = disabled.create_task("t", [{"name": "car"}])
     with pytest.raises(InvalidInput, match=r"paths\[0\] \('b.png'\): server files are disabled"):
         disabled.add_server_files(other["id"], ["b.png"])
@@ -278,10 +278,10 @@ def test_server_folders_are_listed_as_cvat_share_does_and_confined_to_the_root(s
     (tmp_path / "outside").mkdir()
     (server_root / "escape").symlink_to(tmp_path / "outside")
     (server_root / "inside").symlink_to(server_root / "set")
-    assert store.list_server_files("/") == [
+    assert store.server_files.listing("/") == [
         {"name": "inside", "type": "DIR", "mime_type": "DIR"}, {"name": "set", "type": "DIR", "mime_type": "DIR"},
         {"name": "b.png", "type": "REG", "mime_type": "image"}, {"name": "notes.txt", "type": "REG", "mime_type": "unknown"}]
-    assert store.list_server_files("set") == store.list_server_files("/set/") == [
+    assert store.server_files.listing("set") == store.server_files.listing("/set/") == [
         {"name": "deeper", "type": "DIR", "mime_type": "DIR"}, {"name": "a.jpg", "type": "REG", "mime_type": "image"}]
     for directory, error, message in [("../", InvalidInput, "must be a folder under the server files root"),
                                       ("set/../..", InvalidInput, "must be a folder under the server files root"),
@@ -289,10 +289,10 @@ def test_server_folders_are_listed_as_cvat_share_does_and_confined_to_the_root(s
                                       ("b.png", NotFound, "no folder 'b.png'"),
                                       ("missing", NotFound, "no folder 'missing'")]:
         with pytest.raises(error, match=message):
-            store.list_server_files(directory)
-    disabled = Store(None, tmp_path / "other", None)
+            store.server_files.listing(directory)
+    disabled = Store(None, tmp_path / "other", None, PIXELS)
     with pytest.raises(InvalidInput, match="server files are disabled"):
-        disabled.list_server_files("/")
+        disabled.server_files.listing("/")
     disabled.close()
 
 
@@ -520,7 +520,7 @@ def test_a_replaced_run_writes_nothing(store):
 def test_concurrent_chunks_of_one_request_clean_up_once(postgres_url, tmp_path):
     """Two workers write two chunks of one request at once; the table lock holds the first to claim
     the cleanup inside its transaction until the second is waiting too."""
-    workers = [Store(postgres_url, tmp_path / "data", None) for _ in range(2)]
+    workers = [Store(postgres_url, tmp_path / "data", None, PIXELS) for _ in range(2)]
     try:
         task = new_task(workers[0])
         workers[0].put_annotations(task["id"], {"shapes": [box(task, frame, [0, 0, 1, 1]) for frame in range(4)]})
@@ -710,8 +710,9 @@ def test_tracks_export_on_every_frame_they_cover(store, tmp_path):
 def test_store_settings_are_read_and_checked(tmp_path):
     loaded = dispatcher_settings.load({"DATABASE_URL": "postgresql+psycopg://u@db:5432/tasks",
                                        "DATA_DIR": str(tmp_path), "SERVER_FILES_ROOT": str(tmp_path)})
-    assert (loaded.database_url, loaded.data_dir, loaded.server_files_root) == (
-        "postgresql+psycopg://u@db:5432/tasks", tmp_path, tmp_path)
+    assert (loaded.database_url, loaded.data_dir, loaded.server_files_root, loaded.max_image_pixels) == (
+        "postgresql+psycopg://u@db:5432/tasks", tmp_path, tmp_path, 100_000_000)
+    assert dispatcher_settings.load({"MAX_IMAGE_PIXELS": "1000"}).max_image_pixels == 1000
     (tmp_path / "file").write_text("")
     for environ, message in [({"DATABASE_URL": "mysql://db/tasks"}, "DATABASE_URL must start with"),
                              ({"DATA_DIR": str(tmp_path / "file")}, "DATA_DIR=.* is not a directory"),
@@ -720,5 +721,5 @@ def test_store_settings_are_read_and_checked(tmp_path):
         with pytest.raises(ValueError, match=message):
             dispatcher_settings.load(environ)
     # No database URL: SQLite in the data directory.
-    Store(None, tmp_path / "data", None).close()
+    Store(None, tmp_path / "data", None, PIXELS).close()
     assert (tmp_path / "data" / "dispatcher.sqlite3").is_file()

@@ -1,4 +1,4 @@
-"""Request ids, conflicts, chunks and progress of annotation requests, on the real Redis."""
+"""Request ids, runs, conflicts, chunks, progress, cancel and call slots of annotation requests, on the real Redis."""
 
 import threading
 import time
@@ -8,7 +8,9 @@ import pytest
 import redis
 import rq
 
-from dispatcher.planner import CallSlots, Conflict, RequestBook, Target, cancel, plan_chunks, request_id
+from dispatcher.call_slots import CallSlots
+from dispatcher.request_book import Conflict, RequestBook, Target, request_id
+from dispatcher.submission import cancel, plan_chunks
 
 
 @pytest.fixture

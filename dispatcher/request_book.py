@@ -1,5 +1,4 @@
-"""Annotation requests: their ids, their runs, who may run at the same time, their chunks and their
-progress.
+"""Annotation requests and their runs, in Redis: ids, who may run at the same time, progress, the end.
 
 A request id is CVAT's, keyed by target, so it repeats: every time a target is annotated again the
 id names a new **run**. Runs have ids of their own, and everything that happens to one is recorded
@@ -28,22 +27,14 @@ is accepted right away (9.5); the canceled run ends when its last running chunk 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 
 import redis
-import rq
 
-PREFIX = "dispatcher"
-QUEUE = "annotation"  # CVAT's queue name for auto-annotation
-CHUNK_FUNCTION = "dispatcher.chunks.annotate_chunk"
-CHUNK_FAILED = "dispatcher.chunks.chunk_failed"  # RQ's failure callback of a chunk job
-# A chunk whose worker died (RQ's abandoned job) or crashed runs again, this many times.
-CHUNK_RETRIES = 3
+PREFIX = "dispatcher"  # of every Redis key
 RUN_SUFFIXES = ("", ":done", ":failures", ":links", ":chunks", ":active")
 FINAL_STATES = ("finished", "failed", "canceled")
 KINDS = ("detector", "reid")  # what a run does: annotate frames, or link rectangles into tracks
@@ -88,18 +79,6 @@ if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[1]) end
 """
 
 
-# Take a call slot of a function if fewer than its limit are held; expired leases (their holder
-# died) are dropped first. KEYS: the function's slot set. ARGV: now, lease expiry, limit, lease id.
-_TAKE_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-  return 1
-end
-return 0
-"""
-
-
 def request_id(target: str, target_id: int) -> str:
     """CVAT's request id format, keyed by target (``target=job&target_id=<job>`` for job runs)."""
     def escape(value: str) -> str:  # CVAT's escaping of values: '.' -> '~', ' ' -> '_'
@@ -107,13 +86,6 @@ def request_id(target: str, target_id: int) -> str:
 
     return "&".join(f"{k}={escape(str(v))}" for k, v in
                     (("action", "autoannotate"), ("target", target), ("target_id", target_id)))
-
-
-def plan_chunks(units: list[int], chunk_size: int) -> list[list[int]]:
-    """Consecutive runs of at most ``chunk_size`` units, in order: one RQ job each, never one per unit."""
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be at least 1")
-    return [units[start:start + chunk_size] for start in range(0, len(units), chunk_size)]
 
 
 class Conflict(Exception):
@@ -313,102 +285,3 @@ class RequestBook:
         holder_keys = self._holder_keys(target)
         self._release(keys=[holder_keys[0]] + ([holder_keys[2]] if target.job is not None else []),
                       args=[record["run"]])
-
-
-class CallSlots:
-    """How many calls each function has in flight, across every chunk of every request on every
-    worker: at most its worker count, so that chunks running side by side do not overrun it (a
-    nuclio function answers 503 when no worker frees up in time).
-
-    A slot is a lease in a Redis sorted set, scored by its expiry. A thread renews this process's
-    leases every ``lease_seconds / 3``, however long a call takes; when a worker dies its leases
-    lapse within ``lease_seconds`` and other chunks take the slots."""
-
-    def __init__(self, client: redis.Redis, lease_seconds: float = 10, prefix: str = PREFIX):
-        self.redis = client
-        self.prefix = prefix
-        self.lease_seconds = lease_seconds
-        self._take = client.register_script(_TAKE_SLOT)
-        self._held: dict[str, str] = {}  # lease -> its function's key
-        self._lock = threading.Lock()
-        self._renewer: threading.Thread | None = None
-
-    @contextlib.contextmanager
-    def hold(self, function_id: str, limit: int, should_stop=lambda: False):
-        """Wait for a slot (polling, backing off to 20 ms); ``should_stop`` is asked while waiting
-        and its exception, if it raises, propagates."""
-        key, lease, pause = f"{self.prefix}:slots:{function_id}", uuid.uuid4().hex, 0.001
-        while True:
-            now = time.time()
-            if self._take(keys=[key], args=[now, now + self.lease_seconds, limit, lease]):
-                break
-            should_stop()
-            time.sleep(pause)
-            pause = min(pause * 2, 0.02)
-        with self._lock:
-            self._held[lease] = key
-            if self._renewer is None:  # started here, not in __init__: RQ forks after services exist
-                self._renewer = threading.Thread(target=self._renew, name="call-slot-renewer", daemon=True)
-                self._renewer.start()
-        try:
-            yield
-        finally:
-            with self._lock:
-                del self._held[lease]
-            self.redis.zrem(key, lease)
-
-    def _renew(self) -> None:
-        while True:
-            time.sleep(self.lease_seconds / 3)
-            with self._lock:
-                held = list(self._held.items())
-            if held:
-                expiry = time.time() + self.lease_seconds
-                with self.redis.pipeline(transaction=False) as pipe:
-                    for lease, key in held:
-                        pipe.zadd(key, {lease: expiry}, xx=True)  # a lease already given up stays gone
-                    pipe.execute()
-
-
-def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str, parameters: dict,
-           units: list[int], chunk_size: int, job_timeout: int, kind: str = "detector",
-           begin=lambda run: None) -> Run:
-    """Record a run and enqueue one RQ job per chunk of its units; raises Conflict (409).
-    ``begin(run)`` runs before any chunk is queued (the task store fences its writes by run)."""
-    run = book.create(target, function_id, parameters, units, kind)
-    begin(run)
-    # No units (ReID on a target without pairs) is still one chunk: its worker ends the run, and a
-    # ReID run's end is where rectangles become tracks.
-    chunks = plan_chunks(units, chunk_size) or [[]]
-    # RQ job ids allow letters, digits, '-' and '_' only, so chunks get ids of their own.
-    job_ids = [f"autoannotate-{target.kind}-{target.id}-{run.id[:12]}-{index}" for index in range(len(chunks))]
-    book.add_chunk_jobs(run.id, job_ids)
-    for job_id, chunk in zip(job_ids, chunks):
-        queue.enqueue(CHUNK_FUNCTION, run.id, chunk, job_id=job_id, job_timeout=job_timeout,
-                      result_ttl=book.finished_ttl, failure_ttl=book.failed_ttl,
-                      retry=rq.Retry(max=CHUNK_RETRIES), on_failure=rq.Callback(CHUNK_FAILED))
-    return run
-
-
-def cancel(book: RequestBook, queue: rq.Queue, rid: str) -> bool:
-    """Stop a request: queued chunks are removed, running ones see the flag before their next call
-    and store what they finished; the last of them ends the run as canceled (now, if none runs).
-    The target is free at once, so a new request on it is accepted right away (9.5); the task
-    store keeps this run's late writes from mixing with the new run's. False when the request is
-    unknown."""
-    record = book.get(rid)
-    if record is None:
-        return False
-    if record["status"] in FINAL_STATES:
-        return True
-    run = record["run"]
-    book.request_cancel(run)
-    for job_id in book.chunk_jobs(run):
-        job = queue.fetch_job(job_id)
-        if job is not None and job.get_status() in (rq.job.JobStatus.QUEUED, rq.job.JobStatus.SCHEDULED,
-                                                    rq.job.JobStatus.DEFERRED):
-            job.cancel()
-    book.release(record)
-    if book.running_chunks(run) == 0:
-        book.finish(run, "canceled")
-    return True

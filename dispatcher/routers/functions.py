@@ -1,0 +1,30 @@
+"""``/api/lambda/functions``: the function catalogue and online calls (cvat-compat.md 3.2 - 3.6)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+
+from dispatcher import online_calls
+from dispatcher.dependencies import Functions, Services, require_token
+
+router = APIRouter(prefix="/api/lambda/functions", tags=["lambda"], dependencies=[Depends(require_token)])
+
+
+@router.get("")
+def list_functions(registry: Functions) -> list[dict]:
+    """CVAT's function objects, plus ours ``state`` and ``message``; a broken function is listed."""
+    return [function.to_api() for function in registry.functions()]
+
+
+@router.get("/{function_id}")
+def get_function(function_id: str, registry: Functions) -> dict:
+    return registry.function(function_id).to_api()
+
+
+@router.post("/{function_id}")
+def call_function(function_id: str, body: Annotated[dict[str, Any], Body()], services: Services) -> Any:
+    """One online call (3.4): detectors answer CVAT annotations, the other kinds the function's own
+    reply (interactor masks and ReID matchings put back into the frame, tracker states signed)."""
+    return online_calls.call(services, services.registry.function(function_id), body)

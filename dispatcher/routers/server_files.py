@@ -1,0 +1,15 @@
+"""``/api/server/share``: folders under ``SERVER_FILES_ROOT``, as CVAT lists them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from dispatcher.dependencies import TaskStore, require_token
+
+router = APIRouter(tags=["tasks"], dependencies=[Depends(require_token)])
+
+
+@router.get("/api/server/share")
+def list_server_files(store: TaskStore, directory: str = "/") -> list[dict]:
+    """``[{name, type: DIR or REG, mime_type}]``, folders first."""
+    return store.server_files.listing(directory)

@@ -1,0 +1,57 @@
+"""Files under the server files root (``SERVER_FILES_ROOT``): tasks may take frames from there by
+path, read where they are, and clients list its folders as CVAT's ``/api/server/share`` does.
+Nothing that resolves outside the root (``..``, links) is ever read or listed."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+
+from dispatcher.store.errors import InvalidInput, NotFound
+
+# What server-file listings call an image (Pillow opens more; these are what people keep photos in).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+class ServerFiles:
+    def __init__(self, root: Path | None):
+        self.root = None if root is None else Path(root).resolve()
+
+    def resolve(self, path: str, where: str) -> tuple[Path, str]:
+        """The file ``path`` names under the server files root, and its path relative to the root
+        with links and '..' resolved; refuses anything that resolves outside the root."""
+        if self.root is None:
+            raise InvalidInput(f"{where}: server files are disabled (SERVER_FILES_ROOT is not set)")
+        if not isinstance(path, str) or not path:
+            raise InvalidInput(f"{where}: must be a non-empty path")
+        if PurePath(path).is_absolute():
+            raise InvalidInput(f"{where}: must be relative to the server files root")
+        resolved = (self.root / path).resolve()
+        if not resolved.is_relative_to(self.root):
+            raise InvalidInput(f"{where}: resolves outside the server files root")
+        if not resolved.is_file():
+            raise InvalidInput(f"{where}: no such file under the server files root")
+        return resolved, resolved.relative_to(self.root).as_posix()
+
+    def listing(self, directory: str) -> list[dict]:
+        """One folder under the server files root in the shape of CVAT's ``/api/server/share``:
+        ``{name, type: DIR|REG, mime_type}``, folders first; entries whose links lead outside the
+        root are left out."""
+        if self.root is None:
+            raise InvalidInput("directory: server files are disabled (SERVER_FILES_ROOT is not set)")
+        relative = directory.strip("/")
+        if PurePath(relative).is_absolute() or ".." in PurePath(relative).parts:
+            raise InvalidInput(f"directory: must be a folder under the server files root, got {directory!r}")
+        folder = (self.root / relative).resolve()
+        if not folder.is_relative_to(self.root) or not folder.is_dir():
+            raise NotFound(f"directory: no folder {directory!r} under the server files root")
+        entries = []
+        for entry in folder.iterdir():
+            resolved = entry.resolve()
+            if not resolved.is_relative_to(self.root) or not (resolved.is_dir() or resolved.is_file()):
+                continue
+            if resolved.is_dir():
+                entries.append({"name": entry.name, "type": "DIR", "mime_type": "DIR"})
+            else:
+                kind = "image" if entry.suffix.lower() in IMAGE_SUFFIXES else "unknown"
+                entries.append({"name": entry.name, "type": "REG", "mime_type": kind})
+        return sorted(entries, key=lambda entry: (entry["type"] != "DIR", entry["name"]))

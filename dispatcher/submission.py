@@ -1,0 +1,68 @@
+"""Submitting a run's chunks to RQ, and canceling a request.
+
+A run is split into chunks of consecutive units (frames, or ReID's frame pairs), one RQ job each on
+CVAT's queue ``annotation``, never one job per unit; any worker on any host takes them.
+"""
+
+from __future__ import annotations
+
+import rq
+
+from dispatcher.request_book import FINAL_STATES, RequestBook, Run, Target
+
+QUEUE = "annotation"  # CVAT's queue name for auto-annotation
+CHUNK_FUNCTION = "dispatcher.chunks.annotate_chunk"
+CHUNK_FAILED = "dispatcher.chunks.chunk_failed"  # RQ's failure callback of a chunk job
+# A chunk whose worker died (RQ's abandoned job) or crashed runs again, this many times.
+CHUNK_RETRIES = 3
+
+
+def plan_chunks(units: list[int], chunk_size: int) -> list[list[int]]:
+    """Consecutive runs of at most ``chunk_size`` units, in order: one RQ job each, never one per unit."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    return [units[start:start + chunk_size] for start in range(0, len(units), chunk_size)]
+
+
+def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str, parameters: dict,
+           units: list[int], chunk_size: int, job_timeout: int, kind: str = "detector",
+           begin=lambda run: None) -> Run:
+    """Record a run and enqueue one RQ job per chunk of its units; raises Conflict (409).
+    ``begin(run)`` runs before any chunk is queued (the task store fences its writes by run)."""
+    run = book.create(target, function_id, parameters, units, kind)
+    begin(run)
+    # No units (ReID on a target without pairs) is still one chunk: its worker ends the run, and a
+    # ReID run's end is where rectangles become tracks.
+    chunks = plan_chunks(units, chunk_size) or [[]]
+    # RQ job ids allow letters, digits, '-' and '_' only, so chunks get ids of their own.
+    job_ids = [f"autoannotate-{target.kind}-{target.id}-{run.id[:12]}-{index}" for index in range(len(chunks))]
+    book.add_chunk_jobs(run.id, job_ids)
+    for job_id, chunk in zip(job_ids, chunks):
+        queue.enqueue(CHUNK_FUNCTION, run.id, chunk, job_id=job_id, job_timeout=job_timeout,
+                      result_ttl=book.finished_ttl, failure_ttl=book.failed_ttl,
+                      retry=rq.Retry(max=CHUNK_RETRIES), on_failure=rq.Callback(CHUNK_FAILED))
+    return run
+
+
+def cancel(book: RequestBook, queue: rq.Queue, rid: str) -> bool:
+    """Stop a request: queued chunks are removed, running ones see the flag before their next call
+    and store what they finished; the last of them ends the run as canceled (now, if none runs).
+    The target is free at once, so a new request on it is accepted right away (9.5); the task
+    store keeps this run's late writes from mixing with the new run's. False when the request is
+    unknown."""
+    record = book.get(rid)
+    if record is None:
+        return False
+    if record["status"] in FINAL_STATES:
+        return True
+    run = record["run"]
+    book.request_cancel(run)
+    for job_id in book.chunk_jobs(run):
+        job = queue.fetch_job(job_id)
+        if job is not None and job.get_status() in (rq.job.JobStatus.QUEUED, rq.job.JobStatus.SCHEDULED,
+                                                    rq.job.JobStatus.DEFERRED):
+            job.cancel()
+    book.release(record)
+    if book.running_chunks(run) == 0:
+        book.finish(run, "canceled")
+    return True
