@@ -5,7 +5,7 @@ import runpy
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 evaluate = runpy.run_path(str(REPO / "scripts/eval_coco.py"))["evaluate"]
 

@@ -7,7 +7,7 @@ from PIL import Image
 from serverless.common.handler import BadRequest, read_json_object, read_probability
 from serverless.common.images import decode_image
 
-from conftest import TESTDATA, b64_file
+from helpers import TESTDATA, b64_file
 
 
 def encode(image: Image.Image, format: str, **save_args) -> str:

@@ -5,7 +5,7 @@ import yaml
 
 from serverless.common.metadata import FunctionMeta, MetadataError, annotation_strings, parse_bool, parse_label_spec
 
-from conftest import FACE_FUNCTION
+from helpers import FACE_FUNCTION
 
 
 def config(spec_text="[]", **annotations):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PROBE, REPO, TESTDATA, TOKEN, Stack, copy_function, serve_platform, wait_until
+from helpers import PROBE, REPO, TESTDATA, TOKEN, Stack, copy_function, serve_platform, wait_until
 
 YOLO = "openvino-omz-public-yolo-v3-tf"
 GRABCUT = "opencv-grabcut"

@@ -23,12 +23,13 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from dispatcher import submission
+from dispatcher.routers import service
 from serverless.common import model_files
 from serverless.runtime import config as function_config
 from serverless.runtime.platform import discover, load_functions
 from serverless.runtime.processor import READY_PATH
 
-from conftest import REPO
+from helpers import REPO
 
 VERSION = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M).group(1)
 FUNCTION_FILES = discover(REPO / "serverless") + [
@@ -162,8 +163,7 @@ def test_settings_are_documented_and_wired():
 
 
 def test_health_checks_call_endpoints_that_exist():
-    api_source = (REPO / "dispatcher/api.py").read_text()
-    assert '@app.get("/health"' in api_source
+    assert "/health" in {route.path for route in service.router.routes}
     assert "http://127.0.0.1:8000/health" in SERVICES["api"]["healthcheck"]["test"][-1]
     assert SERVICES["api"]["command"][-4:] == ["--host", "0.0.0.0", "--port", "8000"]
     platform_source = (REPO / "serverless/runtime/platform.py").read_text()

@@ -25,7 +25,7 @@ from serverless.common.handler import BadRequest
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, StateDictShapes, function_module, interactor_shapes_reply, serve_function
+from helpers import REPO, TESTDATA, StateDictShapes, function_module, interactor_shapes_reply, serve_function
 
 DEXTR_FUNCTION = REPO / "serverless/openvino/dextr/nuclio"
 BUS = TESTDATA / "ultralytics/bus.jpg"

@@ -22,7 +22,7 @@ from pycocotools.cocoeval import COCOeval
 
 from dispatcher.folder import child_pids
 
-from conftest import (FACE_FUNCTION, PROBE, REPO, TESTDATA, Stack, copy_function, postgres_database, serve_platform,
+from helpers import (FACE_FUNCTION, PROBE, REPO, TESTDATA, Stack, copy_function, postgres_database, serve_platform,
                       wait_until)
 
 YOLO = "openvino-omz-public-yolo-v3-tf"

@@ -22,7 +22,7 @@ from dispatcher.submission import QUEUE, cancel, plan_chunks, submit
 from dispatcher.registry import Registry
 from dispatcher.store import Store
 
-from conftest import PROBE, REPO, TESTDATA, copy_function, serve_platform
+from helpers import PROBE, REPO, TESTDATA, copy_function, serve_platform
 
 PIXELS = 100_000_000  # MAX_IMAGE_PIXELS's default
 YOLO = "openvino-omz-public-yolo-v3-tf"

@@ -7,7 +7,7 @@ from dispatcher.converter import (BadFunctionOutput, LabelMapping, MappingError,
                                   build_mapping, convert)
 from serverless.common.metadata import AttributeSpec, FunctionMeta, LabelSpec
 
-from conftest import FACE_FUNCTION
+from helpers import FACE_FUNCTION
 
 FRAME = 5
 

@@ -9,7 +9,7 @@ from dispatcher import settings as dispatcher_settings
 from dispatcher.gateway import Gateway, GatewayError
 from dispatcher.registry import InvalidFunction, LambdaFunction, Registry
 
-from conftest import PROBE, copy_function, free_port, serve_platform
+from helpers import PROBE, copy_function, free_port, serve_platform
 
 SKELETON_SPEC = json.dumps([{"id": 0, "name": "pose", "type": "skeleton", "svg": "<line x1=\"1\"/>",
                              "sublabels": [{"id": 1, "name": "nose", "type": "points"},

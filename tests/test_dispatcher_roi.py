@@ -10,7 +10,7 @@ from PIL import Image
 from dispatcher import roi
 from serverless.common.handler import BadRequest
 
-from conftest import TESTDATA
+from helpers import TESTDATA
 
 
 def test_every_shape_kind_moves_into_the_frame():

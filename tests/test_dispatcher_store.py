@@ -23,7 +23,7 @@ from dispatcher.store import InvalidInput, NotFound, StaleRun, Store, metadata
 from serverless.common import masks
 from serverless.common.images import decode_image
 
-from conftest import TESTDATA, wait_until
+from helpers import TESTDATA, wait_until
 
 PIXELS = 100_000_000  # MAX_IMAGE_PIXELS's default
 COCO_IMAGES = sorted((TESTDATA / "coco128-val2017" / "images").glob("*.jpg"))[:4]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from serverless.common.metadata import FunctionMeta
 
-from conftest import ASTRONAUT, ASTRONAUT_FACE, FACE_FUNCTION, TESTDATA, b64_file, box_iou, detect
+from helpers import ASTRONAUT, ASTRONAUT_FACE, FACE_FUNCTION, TESTDATA, b64_file, box_iou, detect
 
 CLASS_PHOTO = TESTDATA / "coco128-val2017/images/000000002299.jpg"  # a school class, 27 faces
 

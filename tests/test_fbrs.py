@@ -22,13 +22,16 @@ from PIL import Image
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import (REPO, TESTDATA, StateDictShapes, copy_function, function_module, interactor_shapes_reply,
+from checkpoints import checkpoint_fixtures
+from helpers import (REPO, TESTDATA, StateDictShapes, copy_function, function_module, interactor_shapes_reply,
                       serve_function)
 
 FBRS_FUNCTION = REPO / "serverless/pytorch/saic-vul/fbrs/nuclio"
 ASTRONAUT = TESTDATA / "skimage/astronaut.png"  # 512 x 512
 
 mh = function_module(FBRS_FUNCTION)
+net = function_module(FBRS_FUNCTION, "network")
+brs = function_module(FBRS_FUNCTION, "brs")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,11 +121,7 @@ def random_state_dict(seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
     return state
 
 
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("fbrs")
-    torch.save(random_state_dict(), directory / mh.CHECKPOINT)
-    return directory
+weights, checkpoint_dir = checkpoint_fixtures("fbrs", mh.CHECKPOINT, random_state_dict)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +160,7 @@ def test_function_yaml_is_cvats_interactor():
 
 def test_network_has_exactly_isegms_names_and_shapes():
     with torch.device("meta"):
-        state = mh.FbrsDeepLab().state_dict()
+        state = net.FbrsDeepLab().state_dict()
     tensors = {name: tuple(t.shape) for name, t in state.items() if not name.endswith("num_batches_tracked")}
     assert tensors == isegm_shapes()
     # isegm's load_deeplab_is_model calls a checkpoint ResNet-101 when it has 277..531 backbone tensors.
@@ -185,7 +184,7 @@ def test_pytorch_saved_state_dicts_with_batch_counters_and_dropout_rate_load(tmp
                   for name in list(state) if name.endswith("running_var")})
     state["aspp_dropout"] = torch.tensor(0.5)
     torch.save(state, tmp_path / "saved.pth")
-    network = mh.load_network(tmp_path / "saved.pth")
+    network = net.load_network(tmp_path / "saved.pth")
     assert int(network.rgb_conv[2].num_batches_tracked) == 0
 
 
@@ -196,18 +195,18 @@ def test_wrong_checkpoints_are_refused_with_the_reason(tmp_path):
     torch.save(renamed, tmp_path / "renamed.pth")
     with pytest.raises(ValueError, match=r"1 missing key\(s\) \['head.layers.2.bias'\], 1 unexpected key\(s\) "
                                          r"\['head.layers.3.bias'\]"):
-        mh.load_network(tmp_path / "renamed.pth")
+        net.load_network(tmp_path / "renamed.pth")
     # A dh128 checkpoint (deeplab_ch 128) has the same names with other shapes.
     torch.save(OrderedDict(state, **{"feature_extractor.aspp.project.0.weight": torch.zeros(128, 640, 1, 1)}),
                tmp_path / "dh128.pth")
     with pytest.raises(ValueError, match=r"feature_extractor.aspp.project.0.weight has shape \(128, 640, 1, 1\)"):
-        mh.load_network(tmp_path / "dh128.pth")
+        net.load_network(tmp_path / "dh128.pth")
     torch.save({"feature_extractor.stage2.0.branches.0.0.conv1.weight": torch.zeros(1)}, tmp_path / "hrnet.pth")
     with pytest.raises(ValueError, match="HRNet checkpoint"):
-        mh.load_network(tmp_path / "hrnet.pth")
+        net.load_network(tmp_path / "hrnet.pth")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="expected a state dict, got list"):
-        mh.load_network(tmp_path / "list.pth")
+        net.load_network(tmp_path / "list.pth")
 
 
 # --- clicks ---------------------------------------------------------------------------------------
@@ -232,7 +231,7 @@ def test_click_points_pad_each_group_and_keep_the_first_eight_clicks():
 def test_dist_maps_match_hand_computation():
     # One positive click at row 1, column 2 of a 5 x 7 image; two negatives; padding slots ignored.
     points = torch.tensor([[[1.0, 2.0], [-1.0, -1.0], [0.0, 6.0], [4.0, 0.0]]])
-    maps = mh.dist_maps(points, 5, 7)
+    maps = net.dist_maps(points, 5, 7)
     assert maps.shape == (1, 2, 5, 7)
     assert maps[0, 0, 1, 2] == 0  # the click itself: row y, column x
     assert maps[0, 0, 4, 6].item() == pytest.approx(math.tanh(2 * 5 / 260), rel=1e-6)  # distance sqrt(3^2 + 4^2)
@@ -241,7 +240,7 @@ def test_dist_maps_match_hand_computation():
     assert maps[0, 1, 0, 6] == 0 and maps[0, 1, 4, 0] == 0
     assert maps[0, 1, 2, 1].item() == pytest.approx(math.tanh(2 * math.sqrt(5) / 260), rel=1e-6)  # to (4, 0)
     # No click of a kind: everything infinitely far, tanh(2 * 1000) = 1.
-    assert (mh.dist_maps(torch.tensor([[[1.0, 2.0], [-1.0, -1.0]]]), 5, 7)[0, 1] == 1).all()
+    assert (net.dist_maps(torch.tensor([[[1.0, 2.0], [-1.0, -1.0]]]), 5, 7)[0, 1] == 1).all()
 
 
 def test_click_disks_are_rounded_three_by_three_squares_clipped_at_the_edges():
@@ -292,7 +291,7 @@ def test_click_loss_and_stopping_match_hand_computation():
     def logits_of(scale, bias):  # s and b shift every logit by their sums
         return base + (scale - 1).sum() + bias.sum()
 
-    objective = mh.ScaleBiasObjective(logits_of, positive, negative, prob_thresh=0.5)
+    objective = brs.ScaleBiasObjective(logits_of, positive, negative, prob_thresh=0.5)
     params = torch.zeros(4)
     params[0] = 0.5  # scale 1.5 for the first channel: logits + 0.5
     loss, gradient = objective(params)
@@ -302,8 +301,8 @@ def test_click_loss_and_stopping_match_hand_computation():
     assert gradient.abs().sum() > 0 and objective.best_loss == pytest.approx(expected, rel=1e-5)
 
     # Both disks on their side of the threshold (p > 0.5 on the positive, < 0.5 on the negative): no gradient.
-    satisfied = mh.ScaleBiasObjective(lambda s, b: torch.tensor([[[[1.0, 0.0], [0.0, -1.0]]]]) + 0 * s.sum(),
-                                      positive, negative, prob_thresh=0.5)
+    satisfied = brs.ScaleBiasObjective(lambda s, b: torch.tensor([[[[1.0, 0.0], [0.0, -1.0]]]]) + 0 * s.sum(),
+                                       positive, negative, prob_thresh=0.5)
     _, gradient = satisfied(torch.zeros(4))
     assert (gradient == 0).all()
 
@@ -327,8 +326,11 @@ def test_refinement_pulls_the_prediction_towards_the_clicks(fbrs):
     positive, negative = mh.click_disks(click_lists, (48, 64))
     with torch.no_grad():
         before = torch.sigmoid(logits_of(torch.ones(288), torch.zeros(288)))
-    after = torch.sigmoid(mh.optimise_scale_bias(logits_of, positive, negative, 0.5))
-    at = (lambda p, click: p[0, 0, int(click.y), int(click.x)].item())
+    after = torch.sigmoid(brs.optimise_scale_bias(logits_of, positive, negative, 0.5))
+
+    def at(p, click):
+        return p[0, 0, int(click.y), int(click.x)].item()
+
     assert before[0, 0].min() < 0.5 < before[0, 0].max()
     assert at(after, low) > at(before, low) + 0.2
     assert at(after, high) < at(before, high) - 0.2

@@ -22,7 +22,7 @@ from serverless.common.handler import BadRequest
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta, annotation_strings
 
-from conftest import REPO, TESTDATA, b64_file, function_module, interactor_shapes_reply, serve_function
+from helpers import REPO, TESTDATA, b64_file, function_module, interactor_shapes_reply, serve_function
 
 GRABCUT_FUNCTION = REPO / "serverless/opencv/grabcut/nuclio"
 mh = function_module(GRABCUT_FUNCTION)

@@ -20,12 +20,14 @@ from PIL import Image
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, StateDictShapes, function_module, interactor_shapes_reply, serve_function
+from checkpoints import checkpoint_fixtures
+from helpers import REPO, TESTDATA, StateDictShapes, function_module, interactor_shapes_reply, serve_function
 
 HRNET_FUNCTION = REPO / "serverless/pytorch/saic-vul/hrnet/nuclio"
 ASTRONAUT = TESTDATA / "skimage/astronaut.png"  # 512 x 512
 
 mh = function_module(HRNET_FUNCTION)
+net = function_module(HRNET_FUNCTION, "network")
 
 # coco_lvis_h18_itermask's model (RITM models/iter_mask/hrnet18_cocolvis_itermask_3p.py):
 # HRNetModel(width=18, ocr_width=64, with_aux_output=True, use_leaky_relu=True, use_rgb_conv=False,
@@ -146,21 +148,12 @@ def write_checkpoint(path, state_dict, config=None):
     return path
 
 
-@pytest.fixture(scope="module")
-def state_dict():
-    return random_state_dict()
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory, state_dict):
-    directory = tmp_path_factory.mktemp("hrnet-ritm")
-    write_checkpoint(directory / mh.CHECKPOINT, state_dict)
-    return directory
+weights, checkpoint_dir = checkpoint_fixtures("hrnet-ritm", mh.CHECKPOINT, random_state_dict, write_checkpoint)
 
 
 @pytest.fixture(scope="module")
 def network(checkpoint_dir):
-    return mh.load_network(checkpoint_dir / mh.CHECKPOINT)
+    return net.load_network(checkpoint_dir / mh.CHECKPOINT)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +170,8 @@ def test_metadata_is_cvats():
     assert meta.description == "HRNet18 for click based interactive segmentation"
     assert (meta.min_pos_points, meta.min_neg_points, meta.startswith_box) == (1, 0, False)
     assert meta.labels == ()
-    assert meta.help_message == "The interactor allows to get a mask for an object using positive points, and negative points"
+    assert meta.help_message == ("The interactor allows to get a mask for an object using positive points, "
+                                 "and negative points")
     assert meta.animated_gif.endswith("/site/content/en/images/hrnet_example.gif")
     annotations = yaml.safe_load((HRNET_FUNCTION / "function.yaml").read_text())["metadata"]["annotations"]
     assert "startswith_box" not in annotations  # written only when true (defect 2)
@@ -199,37 +193,37 @@ def test_gpu_file_differs_only_where_cvats_does():
 
 def test_network_has_exactly_ritms_names_and_shapes():
     with torch.device("meta"):
-        state = mh.HRNetModel(mh.ModelConfig.from_checkpoint(ritm_config(), "ckpt")).state_dict()
+        state = net.HRNetModel(net.ModelConfig.from_checkpoint(ritm_config(), "ckpt")).state_dict()
     assert {name: tuple(t.shape) for name, t in state.items()} == ritm_shapes()
     # The small variant (hrnet18s) and other widths follow the stored config, as RITM's loader does.
     with torch.device("meta"):
-        small = mh.HRNetModel(mh.ModelConfig.from_checkpoint(ritm_config(small=True, ocr_width=48), "ckpt"))
+        small = net.HRNetModel(net.ModelConfig.from_checkpoint(ritm_config(small=True, ocr_width=48), "ckpt"))
     assert {n: tuple(t.shape) for n, t in small.state_dict().items()} == ritm_shapes(ocr_width=48, small=True)
 
 
-def test_random_checkpoint_in_official_format_loads_without_missing_or_unexpected_keys(network, state_dict):
+def test_random_checkpoint_in_official_format_loads_without_missing_or_unexpected_keys(network, weights):
     # load_network refuses any missing, unexpected or mis-shaped key; reaching here means none.
     assert not network.training
-    assert network.config == mh.ModelConfig(width=18, ocr_width=64, with_prev_mask=True, norm_radius=5,
-                                            use_leaky_relu=True)
+    assert network.config == net.ModelConfig(width=18, ocr_width=64, with_prev_mask=True, norm_radius=5,
+                                             use_leaky_relu=True)
     for name in ("maps_transform.3.scale", "feature_extractor.cls_head.weight",
                  "feature_extractor.stage4.2.fuse_layers.3.0.2.0.weight"):
-        torch.testing.assert_close(network.state_dict()[name], state_dict[name], rtol=0, atol=0)
+        torch.testing.assert_close(network.state_dict()[name], weights[name], rtol=0, atol=0)
 
 
-def test_wrong_checkpoints_are_refused_with_the_reason(tmp_path, state_dict):
-    renamed = dict(state_dict)
+def test_wrong_checkpoints_are_refused_with_the_reason(tmp_path, weights):
+    renamed = dict(weights)
     renamed["feature_extractor.cls.weight"] = renamed.pop("feature_extractor.cls_head.weight")
     with pytest.raises(ValueError, match=r"1 missing key\(s\) \['feature_extractor.cls_head.weight'\], "
                                          r"1 unexpected key\(s\) \['feature_extractor.cls.weight'\]"):
-        mh.load_network(write_checkpoint(tmp_path / "renamed.pth", renamed))
+        net.load_network(write_checkpoint(tmp_path / "renamed.pth", renamed))
     with pytest.raises(ValueError, match="use_rgb_conv=True is not supported"):
-        mh.load_network(write_checkpoint(tmp_path / "rgb.pth", state_dict, ritm_config(use_rgb_conv=True)))
+        net.load_network(write_checkpoint(tmp_path / "rgb.pth", weights, ritm_config(use_rgb_conv=True)))
     with pytest.raises(ValueError, match="has shape"):  # the config says width 32, the weights are W18's
-        mh.load_network(write_checkpoint(tmp_path / "w32.pth", state_dict, ritm_config(width=32)))
-    torch.save({"model": state_dict}, tmp_path / "other.pth")
+        net.load_network(write_checkpoint(tmp_path / "w32.pth", weights, ritm_config(width=32)))
+    torch.save({"model": weights}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not a RITM checkpoint"):
-        mh.load_network(tmp_path / "other.pth")
+        net.load_network(tmp_path / "other.pth")
 
 
 # --- click maps ------------------------------------------------------------------------------------
@@ -237,7 +231,7 @@ def test_wrong_checkpoints_are_refused_with_the_reason(tmp_path, state_dict):
 def test_disk_maps_match_hand_computed_disks():
     # One positive click at row 6, column 9 of a 14 x 20 map; one negative at (1.5, 2.5); radius 5.
     points = mh.points_tensor([[mh.Click(6, 9, True), mh.Click(1.5, 2.5, False)]])
-    maps = mh.DiskMaps(5)(points, 14, 20)
+    maps = net.DiskMaps(5)(points, 14, 20)
     assert maps.shape == (1, 2, 14, 20)
     positive = maps[0, 0].numpy()
     # Lattice points within 5 of a lattice point: 81. (3, 4) offsets lie on the circle: inside.
@@ -260,7 +254,7 @@ def test_click_tensor_puts_positives_first_and_pads_each_group():
         [[7, 8, 0], [-1, -1, -1], [-1, -1, -1], [-1, -1, -1]],
     ]
     # Padding rows draw nothing.
-    assert mh.DiskMaps(5)(points, 10, 10)[1, 1].sum() == 0
+    assert net.DiskMaps(5)(points, 10, 10)[1, 1].sum() == 0
 
 
 def test_points_are_read_as_y_x_on_a_non_square_map():
@@ -268,7 +262,7 @@ def test_points_are_read_as_y_x_on_a_non_square_map():
                               None, 0.5)
     clicks = mh.interaction_clicks(interaction)
     assert clicks == [mh.Click(3.0, 44.0, True), mh.Click(25.0, 2.0, False)]
-    maps = mh.DiskMaps(5)(mh.points_tensor([clicks]), 30, 50)
+    maps = net.DiskMaps(5)(mh.points_tensor([clicks]), 30, 50)
     assert maps[0, 0, 3, 44] == 1 and maps[0, 0, 3, 49] == 1 and maps[0, 0, 9, 44] == 0
     assert maps[0, 1, 25, 2] == 1 and maps[0, 1, 29, 0] == 1 and maps[0, 1, 25, 8] == 0
 
@@ -368,8 +362,10 @@ def test_mask_is_probability_strictly_above_the_threshold(network, monkeypatch):
     model.network = network
     probs = np.array([[0.2, 0.5], [0.50001, 0.9]], np.float32)
     monkeypatch.setattr(mh, "predict", lambda network, image, clicks: probs)
-    interaction = lambda threshold: Interaction(np.zeros((2, 2, 3), np.uint8), np.array([[0.0, 0.0]]),
-                                                np.zeros((0, 2)), None, threshold)
+
+    def interaction(threshold):
+        return Interaction(np.zeros((2, 2, 3), np.uint8), np.array([[0.0, 0.0]]), np.zeros((0, 2)), None, threshold)
+
     assert model.segment(interaction(0.5)).mask.tolist() == [[False, False], [True, True]]
     assert model.segment(interaction(0.0)).mask.tolist() == [[True, True], [True, True]]
     assert model.segment(interaction(0.9)).mask.tolist() == [[False, False], [False, False]]

@@ -20,13 +20,15 @@ from PIL import Image
 from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
-from conftest import (REPO, TESTDATA, StateDictShapes, copy_function, function_module, interactor_shapes_reply,
+from checkpoints import checkpoint_fixtures
+from helpers import (REPO, TESTDATA, StateDictShapes, copy_function, function_module, interactor_shapes_reply,
                       serve_function)
 
 IOG_FUNCTION = REPO / "serverless/pytorch/shiyinzhang/iog/nuclio"
 CHELSEA = TESTDATA / "skimage/chelsea.png"  # 451 x 300 (W x H)
 
 mh = function_module(IOG_FUNCTION)
+net = function_module(IOG_FUNCTION, "network")
 
 
 def official_shapes() -> dict[str, tuple[int, ...]]:
@@ -92,16 +94,7 @@ def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.fixture(scope="module")
-def state_dict():
-    return random_state_dict()
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory, state_dict):
-    directory = tmp_path_factory.mktemp("iog")
-    torch.save(state_dict, directory / mh.CHECKPOINT)
-    return directory
+weights, checkpoint_dir = checkpoint_fixtures("iog", mh.CHECKPOINT, random_state_dict)
 
 
 @pytest.fixture(scope="module")
@@ -135,40 +128,40 @@ def test_annotations_are_cvats():
 
 def test_network_has_exactly_the_official_names_and_shapes():
     with torch.device("meta"):
-        state = mh.IOGNetwork().state_dict()
+        state = net.IOGNetwork().state_dict()
     assert {name: tuple(t.shape) for name, t in state.items()} == official_shapes()
     assert len(state) == 918
 
 
-def test_random_checkpoint_in_official_format_loads_without_missing_or_unexpected_keys(model, state_dict):
+def test_random_checkpoint_in_official_format_loads_without_missing_or_unexpected_keys(model, weights):
     # load_network refuses any missing, unexpected or mis-shaped key; reaching here means none.
     network = model.network
     assert not network.training
     loaded = network.state_dict()
     for name in ("backbone.conv1.weight", "backbone.layer4.2.bn3.weight", "psp4.bottleneck.0.weight",
                  "Coarse_net.upsamples.0.1.weight", "Fine_net.final_predict.1.weight"):
-        torch.testing.assert_close(loaded[name], state_dict[name], rtol=0, atol=0)
+        torch.testing.assert_close(loaded[name], weights[name], rtol=0, atol=0)
 
 
-def test_checkpoints_from_before_num_batches_tracked_load_and_wrong_ones_are_refused(tmp_path, state_dict):
-    old = {name: value for name, value in state_dict.items() if not name.endswith("num_batches_tracked")}
+def test_checkpoints_from_before_num_batches_tracked_load_and_wrong_ones_are_refused(tmp_path, weights):
+    old = {name: value for name, value in weights.items() if not name.endswith("num_batches_tracked")}
     torch.save(old, tmp_path / "old.pth")  # PyTorch 0.4.0 saved no num_batches_tracked
-    assert not mh.load_network(tmp_path / "old.pth").training
+    assert not net.load_network(tmp_path / "old.pth").training
 
     renamed = dict(old)
     renamed["Fine_net.final_predict.1.bias"] = renamed.pop("Fine_net.final_predict.1.weight")
     torch.save(renamed, tmp_path / "renamed.pth")
     with pytest.raises(ValueError, match=r"1 missing key\(s\) \['Fine_net.final_predict.1.weight'\], "
                                          r"1 unexpected key\(s\) \['Fine_net.final_predict.1.bias'\]"):
-        mh.load_network(tmp_path / "renamed.pth")
+        net.load_network(tmp_path / "renamed.pth")
 
     torch.save({**old, "backbone.conv1.weight": torch.zeros(64, 4, 7, 7)}, tmp_path / "four_channels.pth")
     with pytest.raises(ValueError, match=r"backbone.conv1.weight has shape \(64, 4, 7, 7\), expected \(64, 5, 7, 7\)"):
-        mh.load_network(tmp_path / "four_channels.pth")
+        net.load_network(tmp_path / "four_channels.pth")
 
     torch.save({"state_dict": old}, tmp_path / "wrapped.pth")
     with pytest.raises(ValueError, match="not an IOG checkpoint"):
-        mh.load_network(tmp_path / "wrapped.pth")
+        net.load_network(tmp_path / "wrapped.pth")
 
 
 # --- crop, click maps, threshold, paste-back -------------------------------------------------------

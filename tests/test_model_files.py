@@ -4,7 +4,7 @@ import pytest
 
 from serverless.common import model_files, settings
 
-from conftest import SHARED
+from helpers import SHARED
 
 FACE = "face-detection-0205"
 

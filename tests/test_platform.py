@@ -9,7 +9,7 @@ import pytest
 
 from serverless.runtime.platform import UnknownFunctions, discover, load_functions
 
-from conftest import (FACE_FUNCTION, PROBE, TESTDATA, b64_file, copy_function, serve_function, serve_platform,
+from helpers import (FACE_FUNCTION, PROBE, TESTDATA, b64_file, copy_function, serve_function, serve_platform,
                       wait_until)
 
 FACE = "openvino-omz-intel-face-detection-0205"

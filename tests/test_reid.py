@@ -5,7 +5,7 @@ crops' embeddings, under the rules of serverless/common/reid.py.
 - CVAT's person reidentification (person-reidentification-retail-0277), whose official IR is out of
   reach here: served on a stand-in IR with the documented signature, and served without weights."""
 
-import base64  # noqa: I001 - conftest, the tests' own helpers, comes last as in every test module
+import base64
 import io
 import json
 
@@ -19,7 +19,7 @@ from PIL import Image
 from serverless.common import reid
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, function_module, serve_function
+from helpers import REPO, TESTDATA, function_module, serve_function
 
 HISTOGRAM_FUNCTION = REPO / "serverless/opencv/reid-colour-histogram/nuclio"
 PERSON_REID_FUNCTION = REPO / "serverless/openvino/omz/intel/person-reidentification-retail-0277/nuclio"

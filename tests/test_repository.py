@@ -10,7 +10,7 @@ from serverless.common import model_files
 from serverless.runtime import config as function_config
 from serverless.runtime.platform import discover
 
-from conftest import REPO
+from helpers import REPO
 
 FUNCTION_FILES = discover(REPO / "serverless", gpu=False) + [
     p for p in discover(REPO / "serverless", gpu=True) if p.name == "function-gpu.yaml"]

@@ -8,7 +8,6 @@ for real and called over HTTP.
 """
 
 import base64
-import importlib.util
 import io
 import math
 import pickle
@@ -21,7 +20,8 @@ from PIL import Image
 
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, b64_file, serve_function
+from checkpoints import checkpoint_fixtures
+from helpers import REPO, TESTDATA, b64_file, function_module, serve_function
 
 RETINANET_FUNCTION = REPO / "serverless/pytorch/facebookresearch/detectron2/retinanet_r101/nuclio"
 BUS = TESTDATA / "ultralytics/bus.jpg"  # 810 x 1080
@@ -40,15 +40,8 @@ COCO_LABELS = """1 person, 2 bicycle, 3 car, 4 motorcycle, 5 airplane, 6 bus, 7 
 SPEC = {int(coco_id): name for coco_id, name in (entry.split() for entry in COCO_LABELS.split(","))}
 
 
-def _import_model_handler():
-    # Imported under its own name: every function folder has a "model_handler" module.
-    spec = importlib.util.spec_from_file_location("retinanet_model_handler", RETINANET_FUNCTION / "model_handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mh = _import_model_handler()
+mh = function_module(RETINANET_FUNCTION)
+net = function_module(RETINANET_FUNCTION, "network")
 
 
 def detectron2_shapes() -> dict[str, tuple[int, ...]]:
@@ -116,21 +109,12 @@ def write_checkpoint(path, model: dict, protocol: int = pickle.HIGHEST_PROTOCOL,
     return path
 
 
-@pytest.fixture(scope="module")
-def weights():
-    return random_weights()
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory, weights):
-    directory = tmp_path_factory.mktemp("retinanet-r101")
-    write_checkpoint(directory / mh.CHECKPOINT, weights)
-    return directory
+weights, checkpoint_dir = checkpoint_fixtures("retinanet-r101", mh.CHECKPOINT, random_weights, write_checkpoint)
 
 
 @pytest.fixture(scope="module")
 def network(checkpoint_dir):
-    return mh.load_network(checkpoint_dir / mh.CHECKPOINT)
+    return net.load_network(checkpoint_dir / mh.CHECKPOINT)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +151,7 @@ def test_gpu_file_differs_only_where_cvats_does():
 
 def test_network_has_exactly_detectron2s_names_and_shapes():
     with torch.device("meta"):
-        state = mh.RetinaNet().state_dict()
+        state = net.RetinaNet().state_dict()
     assert {name: tuple(t.shape) for name, t in state.items()} == detectron2_shapes()
     assert len(state) == 556
     for name in ("backbone.bottom_up.stem.conv1.weight", "backbone.bottom_up.stem.conv1.norm.running_mean",
@@ -189,7 +173,7 @@ def test_random_checkpoint_in_official_format_loads_without_missing_or_unexpecte
 
 def test_folded_network_computes_what_the_checkpoint_defines(network, weights):
     # Reference: the same modules with the frozen norms applied as separate ops, contiguous layout.
-    reference = mh.RetinaNet().eval()
+    reference = net.RetinaNet().eval()
     reference.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
     images = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0)) * 50
     with torch.inference_mode():
@@ -211,11 +195,11 @@ def test_old_checkpoint_buffers_are_checked_and_skipped(tmp_path, weights):
         extras[f"anchor_generator.cell_anchors.{level}"] = np.array(
             [[v * 2 ** (level + k / 3) for v in anchor]
              for k in range(3) for anchor in (ratio_half, square, ratio_two)], np.float32)
-    mh.load_network(write_checkpoint(tmp_path / "old.pkl", {**weights, **extras}, matching_heuristics=False))
+    net.load_network(write_checkpoint(tmp_path / "old.pkl", {**weights, **extras}, matching_heuristics=False))
 
     extras["anchor_generator.cell_anchors.0"] = extras["anchor_generator.cell_anchors.0"][[1, 0, 2, 3, 4, 5, 6, 7, 8]]
     with pytest.raises(ValueError, match="anchor_generator.cell_anchors.0 does not match"):
-        mh.load_network(write_checkpoint(tmp_path / "reordered.pkl", {**weights, **extras}))
+        net.load_network(write_checkpoint(tmp_path / "reordered.pkl", {**weights, **extras}))
 
 
 def test_misnamed_or_misshaped_keys_are_refused(tmp_path, weights):
@@ -223,12 +207,12 @@ def test_misnamed_or_misshaped_keys_are_refused(tmp_path, weights):
     renamed["head.cls_logits.bias"] = renamed.pop("head.cls_score.bias")
     with pytest.raises(ValueError, match=r"1 missing key\(s\) \['head.cls_score.bias'\], 1 unexpected key\(s\) "
                                          r"\['head.cls_logits.bias'\]"):
-        mh.load_network(write_checkpoint(tmp_path / "renamed.pkl", renamed))
+        net.load_network(write_checkpoint(tmp_path / "renamed.pkl", renamed))
     misshaped = {**weights, "head.cls_score.bias": np.zeros(81 * 9, np.float32)}
     with pytest.raises(ValueError, match="head.cls_score.bias has shape"):
-        mh.load_network(write_checkpoint(tmp_path / "misshaped.pkl", misshaped))
+        net.load_network(write_checkpoint(tmp_path / "misshaped.pkl", misshaped))
     with pytest.raises(ValueError, match="matching heuristics"):
-        mh.read_checkpoint(write_checkpoint(tmp_path / "caffe2.pkl", {}, matching_heuristics=True))
+        net.read_checkpoint(write_checkpoint(tmp_path / "caffe2.pkl", {}, matching_heuristics=True))
 
 
 @pytest.mark.parametrize("protocol, numpy_1_names", [(2, True), (3, True), (3, False), (5, False)])
@@ -240,7 +224,7 @@ def test_checkpoint_reader_takes_pickle_protocols_and_numpy_1_names(tmp_path, pr
         # up to 3 name globals in newline-terminated text, so the bytes can be swapped in place).
         path.write_bytes(path.read_bytes().replace(b"numpy._core.", b"numpy.core."))
         assert b"numpy.core.multiarray\n_reconstruct" in path.read_bytes()
-    model = mh.read_checkpoint(path)
+    model = net.read_checkpoint(path)
     assert model.keys() == arrays.keys()
     for name, value in arrays.items():
         np.testing.assert_array_equal(model[name], value)
@@ -250,13 +234,13 @@ def test_checkpoint_reader_never_runs_code(tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"model": {}, "__author__": print}))
     with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle builtins.print"):
-        mh.read_checkpoint(path)
+        net.read_checkpoint(path)
 
 
 # --- anchors, boxes, NMS, labels ----------------------------------------------------------------
 
 def test_cell_anchors_are_size_major_then_ratio():
-    cell = mh.cell_anchors((32, 32 * 2 ** (1 / 3), 32 * 2 ** (2 / 3)), (0.5, 1.0, 2.0))
+    cell = net.cell_anchors((32, 32 * 2 ** (1 / 3), 32 * 2 ** (2 / 3)), (0.5, 1.0, 2.0))
     # Ratio r = h/w at area s*s: half width s/(2*sqrt(r)), half height s*sqrt(r)/2.
     expected = torch.tensor([
         [-22.627417, -11.313708, 22.627417, 11.313708],  # s = 32, r = 0.5: 16*sqrt(2), 8*sqrt(2)

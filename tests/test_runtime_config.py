@@ -6,7 +6,7 @@ import yaml
 
 from serverless.runtime import config as function_config
 
-from conftest import FACE_FUNCTION, PROBE, REPO, copy_function
+from helpers import FACE_FUNCTION, PROBE, REPO, copy_function
 
 
 def test_face_function_config():

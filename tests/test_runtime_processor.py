@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import PROBE, REPO, copy_function, serve_function, wait_until
+from helpers import PROBE, REPO, copy_function, serve_function, wait_until
 
 
 @pytest.fixture(scope="module")

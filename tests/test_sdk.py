@@ -27,8 +27,9 @@ from PIL import Image
 from dispatcher.auto_annotation import annotate_task
 from dispatcher.client import Client
 from serverless.common import sdk
+from serverless.common.sdk.interaction import serve_interaction
 
-from conftest import (ASTRONAUT, ASTRONAUT_FACE, REPO, TESTDATA, TOKEN, Stack, box_iou, copy_function, serve_platform,
+from helpers import (ASTRONAUT, ASTRONAUT_FACE, REPO, TESTDATA, TOKEN, Stack, box_iou, copy_function, serve_platform,
                       wait_until)
 
 FUNCTIONS = Path(__file__).with_name("functions")
@@ -45,9 +46,12 @@ TASK_LABELS = [
         {"name": "count", "input_type": "number", "mutable": False, "values": ["0", "10", "1"]},
         {"name": "parked", "input_type": "checkbox", "mutable": False, "values": ["false"]}]},
     {"name": "blob", "type": "any", "attributes": []},
-    {"name": "person", "type": "skeleton", "sublabels": [{"name": "head", "type": "points"}, {"name": "foot", "type": "points"}],
-     "svg": '<circle r="1.5" cx="50" cy="10" data-type="element node" data-element-id="1" data-node-id="1" data-label-name="head"></circle>'
-            '<circle r="1.5" cx="50" cy="90" data-type="element node" data-element-id="2" data-node-id="2" data-label-name="foot"></circle>'},
+    {"name": "person", "type": "skeleton",
+     "sublabels": [{"name": "head", "type": "points"}, {"name": "foot", "type": "points"}],
+     "svg": '<circle r="1.5" cx="50" cy="10" data-type="element node" data-element-id="1" data-node-id="1" '
+            'data-label-name="head"></circle>'
+            '<circle r="1.5" cx="50" cy="90" data-type="element node" data-element-id="2" data-node-id="2" '
+            'data-label-name="foot"></circle>'},
     {"name": "scene", "type": "tag", "attributes": [
         {"name": "weather", "input_type": "radio", "mutable": False, "values": ["sunny", "rainy"]}]},
 ]
@@ -153,16 +157,21 @@ def test_function_yaml_is_what_the_generator_writes_for_the_function(folder):
 
 SPEC_BREAKS = {
     "label without id": ("[cvataa.label_spec('a', 0), models.PatchedLabelRequest(name='b')]", "label 'b' has no ID"),
-    "same label id": ("[cvataa.label_spec('a', 0), cvataa.label_spec('b', 0)]", r"label b has same ID as another label \(0\)"),
+    "same label id": ("[cvataa.label_spec('a', 0), cvataa.label_spec('b', 0)]",
+                      r"label b has same ID as another label \(0\)"),
     "same attribute id": ("[cvataa.label_spec('a', 0, attributes=[cvataa.text_attribute_spec('x', 1), "
                           "cvataa.text_attribute_spec('y', 1)])]", "attribute 'y' of label 'a' has same ID"),
-    "bad attribute values": ("[cvataa.label_spec('a', 0, attributes=[cvataa.number_attribute_spec('n', 0, ['5', '1', '1'])])]",
+    "bad attribute values": ("[cvataa.label_spec('a', 0, attributes=[cvataa.number_attribute_spec('n', 0, "
+                             "['5', '1', '1'])])]",
                              "attribute 'n' of label 'a' has invalid values"),
-    "sublabels on a rectangle": ("[cvataa.label_spec('a', 0, type='rectangle', sublabels=[cvataa.keypoint_spec('k', 0)])]",
+    "sublabels on a rectangle": ("[cvataa.label_spec('a', 0, type='rectangle', "
+                                 "sublabels=[cvataa.keypoint_spec('k', 0)])]",
                                  r"label 'a' with sublabels has type 'rectangle' \(should be 'skeleton'\)"),
-    "same sublabel id": ("[cvataa.skeleton_label_spec('a', 0, [cvataa.keypoint_spec('k', 0), cvataa.keypoint_spec('l', 0)])]",
+    "same sublabel id": ("[cvataa.skeleton_label_spec('a', 0, "
+                         "[cvataa.keypoint_spec('k', 0), cvataa.keypoint_spec('l', 0)])]",
                          "sublabel 'l' of label 'a' has same ID"),
-    "sublabel not points": ("[cvataa.skeleton_label_spec('a', 0, [models.SublabelRequest(name='k', id=0, type='rectangle')])]",
+    "sublabel not points": ("[cvataa.skeleton_label_spec('a', 0, "
+                            "[models.SublabelRequest(name='k', id=0, type='rectangle')])]",
                             "sublabel 'k' of label 'a' has type 'rectangle'"),
 }
 
@@ -214,7 +223,8 @@ def test_served_detector_replies_with_cvat_function_items(platform):
     assert cars[1]["points"] == [300.0, 200.0, 320.0, 210.0] and cars[1]["confidence"] == "0.4000"
     # 12 x 6 object pixels at (60, 20): the function mask format is 72 x 255 then the inclusive box.
     assert blob["type"] == "mask" and blob["mask"] == [255] * 72 + [60, 20, 71, 25]
-    assert blob["points"] == [60.0, 20.0, 60.0, 25.0, 71.0, 25.0, 71.0, 20.0]  # its outline, for CVAT's conv_mask_to_poly
+    # Its outline, for CVAT's conv_mask_to_poly.
+    assert blob["points"] == [60.0, 20.0, 60.0, 25.0, 71.0, 25.0, 71.0, 20.0]
     assert [(e["label"], e["points"]) for e in person["elements"]] == [("head", [30.0, 50.0]), ("foot", [30.0, 80.0])]
     assert scene == {"label": "scene", "type": "tag", "attributes": [{"name": "weather", "value": "sunny"}]}
 
@@ -237,7 +247,8 @@ def test_online_call_and_task_wide_job_with_a_served_sdk_function(stack):
         (names["car/colour"]["id"], "red"), (names["car/count"]["id"], "3"), (names["car/parked"]["id"], "true")}
     # The function's own polygon (it was told conv_mask_to_poly), not one made by the server.
     assert shapes["polygon"]["points"] == [60, 20, 71, 20, 71, 25, 60, 25]
-    assert [e["label_id"] for e in shapes["skeleton"]["elements"]] == [names["person/head"]["id"], names["person/foot"]["id"]]
+    assert [e["label_id"] for e in shapes["skeleton"]["elements"]] == [names["person/head"]["id"],
+                                                                        names["person/foot"]["id"]]
     assert reply["tags"][0]["label_id"] == names["scene"]["id"]
 
     created = stack.ok("POST", "/api/lambda/requests", json={"function": "sdk-shapes", "task": task["id"]})
@@ -269,7 +280,8 @@ def test_served_interaction_function_is_a_cvat_interactor(stack):
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (92, 108, 92, 108)
     assert mask[100, 100] == 0 and mask[100, 106] == 255
     in_box = stack.ok("POST", "/api/lambda/functions/sdk-discs", json={
-        "task": task["id"], "frame": 0, "pos_points": [[100, 100]], "neg_points": [], "obj_bbox": [[100, 95], [120, 120]]})
+        "task": task["id"], "frame": 0, "pos_points": [[100, 100]], "neg_points": [],
+        "obj_bbox": [[100, 95], [120, 120]]})
     ys, xs = np.nonzero(np.array(in_box["mask"]))
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (100, 108, 95, 108)
     too_few = stack.error("POST", "/api/lambda/functions/sdk-discs", 400,
@@ -306,7 +318,7 @@ def test_interaction_confidence_is_the_shapes_own_weighted_by_their_pixels():
     results = []
     function = types.SimpleNamespace(spec=cvataa.InteractionFunctionSpec(min_pos_points=1, min_neg_points=0),
                                      detect=lambda context, image, prompts: results)
-    handler = sdk._interactor(function)
+    handler = serve_interaction(function)
     buffer = io.BytesIO()
     Image.new("RGB", (10, 6)).save(buffer, "PNG")
     context = nuclio_sdk.Context(logger=nuclio_sdk.Logger(0))
@@ -347,7 +359,8 @@ def test_served_tracking_function_follows_a_moved_object(platform):
     face = {"type": "rectangle", "points": [170, 50, 250, 140]}
     started = httpx.post(url, json={"image": b64(first), "shapes": [face], "states": []}, timeout=30).json()
     assert started["shapes"] == [face] and isinstance(started["states"][0], str)
-    tracked = httpx.post(url, json={"image": b64(moved), "shapes": [None], "states": started["states"]}, timeout=30).json()
+    tracked = httpx.post(url, json={"image": b64(moved), "shapes": [None], "states": started["states"]},
+                         timeout=30).json()
     assert tracked["shapes"] == [{"type": "rectangle", "points": [182, 57, 262, 147]}]
     assert tracked["states"] == started["states"]
 
@@ -402,7 +415,8 @@ def test_annotate_task_writes_what_the_function_found(stack, client):
     task = new_task(stack)
     names = by_name(task["labels"])
     output = io.StringIO()
-    annotate_task(client, task["id"], shapes_function(), pbar=DeferredTqdmProgressReporter({"file": output, "mininterval": 0}))
+    annotate_task(client, task["id"], shapes_function(),
+                  pbar=DeferredTqdmProgressReporter({"file": output, "mininterval": 0}))
     assert "2/2" in output.getvalue()
 
     stored = annotations(stack, task["id"])
@@ -430,7 +444,8 @@ def test_threshold_and_polygons_reach_the_function(stack, client):
 def test_clear_existing_replaces_and_the_default_adds(stack, client):
     task = new_task(stack, images=(COFFEE,))
     names = by_name(task["labels"])
-    manual = {"type": "rectangle", "frame": 0, "label_id": names["car"]["id"], "points": [1, 1, 5, 5], "source": "manual"}
+    manual = {"type": "rectangle", "frame": 0, "label_id": names["car"]["id"], "points": [1, 1, 5, 5],
+              "source": "manual"}
     stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"}, json={"shapes": [manual]})
     annotate_task(client, task["id"], shapes_function())
     annotate_task(client, task["id"], shapes_function())
@@ -454,7 +469,8 @@ def test_labels_match_by_name_and_unmatched_ones_fail_or_are_dropped(stack, clie
     assert len(stored["shapes"][0]["attributes"]) == 2  # "parked" dropped
 
     without_head = [TASK_LABELS[0], TASK_LABELS[1], TASK_LABELS[3],
-                    TASK_LABELS[2] | {"sublabels": [{"name": "foot", "type": "points"}, {"name": "knee", "type": "points"}]}]
+                    TASK_LABELS[2] | {"sublabels": [{"name": "foot", "type": "points"},
+                                                    {"name": "knee", "type": "points"}]}]
     task = new_task(stack, labels=without_head, images=(COFFEE,))
     with pytest.raises(cvataa.BadFunctionError, match="sublabel 'head' of label 'person' is not in dataset"):
         annotate_task(client, task["id"], shapes_function())
@@ -564,10 +580,12 @@ def test_attributes_must_agree_with_the_task(stack, client, task_change, message
 
 def test_label_types_must_agree_with_the_task(stack, client):
     task = new_task(stack, labels=[TASK_LABELS[0] | {"type": "polygon"}, *TASK_LABELS[1:]], images=(COFFEE,))
-    with pytest.raises(cvataa.BadFunctionError, match="label 'car' has type 'rectangle' in the function, but 'polygon'"):
+    with pytest.raises(cvataa.BadFunctionError,
+                       match="label 'car' has type 'rectangle' in the function, but 'polygon'"):
         annotate_task(client, task["id"], shapes_function())
     # A mask label is expected as a polygon under conv_mask_to_poly; a task mask label then refuses it.
-    task = new_task(stack, labels=[TASK_LABELS[0], TASK_LABELS[1] | {"type": "mask"}, *TASK_LABELS[2:]], images=(COFFEE,))
+    task = new_task(stack, labels=[TASK_LABELS[0], TASK_LABELS[1] | {"type": "mask"}, *TASK_LABELS[2:]],
+                    images=(COFFEE,))
     with pytest.raises(cvataa.BadFunctionError, match="label 'blob' has type 'polygon' in the function, but 'mask'"):
         annotate_task(client, task["id"], shapes_function(), conv_mask_to_poly=True)
 
@@ -602,7 +620,8 @@ def test_cli_runs_a_built_in_yolo_function_with_a_progress_bar(stack):
             if name in names.values():
                 expected.append((frame, name, [round(v, 2) for v in shape.points]))
     assert expected, "YOLO found none of the task's labels on these photos"
-    assert sorted((s["frame"], names[s["label_id"]], [round(v, 2) for v in s["points"]]) for s in stored) == sorted(expected)
+    assert (sorted((s["frame"], names[s["label_id"]], [round(v, 2) for v in s["points"]]) for s in stored)
+            == sorted(expected))
     assert all(0.3 <= s["score"] <= 1 for s in stored)
 
 
@@ -649,7 +668,8 @@ def test_built_in_text_function_gives_masks_or_polygons():
     as_masks = function.detect(sdk.detection_context("page.png", None, False), page)
     as_polygons = function.detect(sdk.detection_context("page.png", None, True), page)
     assert len(as_masks) == len(as_polygons) >= 5
-    assert {shape.type.value for shape in as_masks} == {"mask"} and {shape.type.value for shape in as_polygons} == {"polygon"}
+    assert ({shape.type.value for shape in as_masks} == {"mask"}
+            and {shape.type.value for shape in as_polygons} == {"polygon"})
     for mask_shape, polygon_shape in zip(as_masks, as_polygons):
         # The polygon is the region's rotated box: it covers the region's own pixels.
         xs, ys = polygon_shape.points[0::2], polygon_shape.points[1::2]

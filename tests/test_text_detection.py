@@ -18,7 +18,7 @@ from PIL import Image
 from serverless.common import masks, model_files
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, b64_file, box_iou, function_module, serve_function
+from helpers import REPO, TESTDATA, b64_file, box_iou, function_module, serve_function
 
 DBNET_FUNCTION = REPO / "serverless/onnx/PaddlePaddle/ppocrv4-det/nuclio"
 PIXEL_LINK_FUNCTION = REPO / "serverless/openvino/omz/intel/text-detection-0004/nuclio"

@@ -7,7 +7,7 @@ Every test ends by checking that the page raised no JavaScript error. Screenshot
 to ``test-output/ui/`` for a person to look at.
 """
 
-from __future__ import annotations  # noqa: I001 - conftest, the tests' own helpers, comes last as in every test module
+from __future__ import annotations
 
 import re
 import uuid
@@ -21,7 +21,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from dispatcher import tracks
 
-from conftest import PROBE, REPO, TESTDATA, TOKEN, Stack, copy_function, serve_platform, wait_until
+from helpers import PROBE, REPO, TESTDATA, TOKEN, Stack, copy_function, serve_platform, wait_until
 
 YOLO = "openvino-omz-public-yolo-v3-tf"
 GRABCUT = "opencv-grabcut"

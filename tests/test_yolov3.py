@@ -16,7 +16,7 @@ from serverless.common.metadata import FunctionMeta
 
 from serverless.common import model_files
 
-from conftest import REPO, TESTDATA, b64_file, detect, function_module, serve_function
+from helpers import REPO, TESTDATA, b64_file, detect, function_module, serve_function
 
 FUNCTION = REPO / "serverless/openvino/omz/public/yolo-v3-tf/nuclio"
 BUS = TESTDATA / "ultralytics/bus.jpg"

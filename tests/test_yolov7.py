@@ -21,7 +21,7 @@ from PIL import Image
 from serverless.common import detections, model_files
 from serverless.common.metadata import FunctionMeta
 
-from conftest import REPO, TESTDATA, b64_file, box_iou, detect, serve_function
+from helpers import REPO, TESTDATA, b64_file, box_iou, detect, serve_function
 
 FUNCTION = REPO / "serverless/onnx/WongKinYiu/yolov7/nuclio"
 BUS = TESTDATA / "ultralytics/bus.jpg"  # 810x1080

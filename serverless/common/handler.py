@@ -12,7 +12,10 @@ from __future__ import annotations
 import functools
 import json
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class BadRequest(ValueError):
@@ -59,8 +62,18 @@ def json_handler(process: Callable[[Any, dict], Any]) -> Callable:
     return handler
 
 
-def detector_handler(detect: Callable[[Any, Any, float, dict], list], default_threshold: float | None = 0.5) -> Callable:
-    """A nuclio handler for a detector: ``detect(context, rgb_image, threshold, body) -> items``.
+class Detector(Protocol):
+    """A detector's model, the class in its folder's ``model_handler.py``: ``init_context`` in
+    ``main.py`` puts one in ``context.user_data.model``, and ``detector_handler`` serves it."""
+
+    def detect(self, image: Image.Image, threshold: float) -> list[dict]:
+        """The result items (``serverless.common.detections``) in an RGB image, at the request's threshold."""
+
+
+def detector_handler(detect: Callable[[Any, Image.Image, float | None, dict], list[dict]],
+                     default_threshold: float | None = 0.5) -> Callable:
+    """A nuclio handler for a detector: ``detect(context, rgb_image, threshold, body) -> items``, in
+    ``main.py`` a call to the ``Detector`` in ``context.user_data.model``.
 
     ``body`` is passed on for model-specific options (text detection's ``pixel_threshold``, say).
     """

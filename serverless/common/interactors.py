@@ -23,14 +23,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from serverless.common import masks
+from serverless.common.boxes import Box
 from serverless.common.handler import BadRequest, json_handler, read_probability
-
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class Interaction:
     image: np.ndarray  # H x W x 3 uint8, RGB
     pos_points: np.ndarray  # N x 2 float64, (x, y)
     neg_points: np.ndarray  # M x 2 float64, (x, y)
-    box: Box | None  # the object's box (x1 <= x2, y1 <= y2), or None
+    box: Box[float] | None  # the object's box (x1 <= x2, y1 <= y2), or None
     threshold: float
 
     @property
@@ -67,7 +66,7 @@ def read_points(body: dict, key: str, width: int, height: int, minimum: int = 0)
     return np.asarray(points, dtype=np.float64).reshape(-1, 2)
 
 
-def read_box(body: dict, width: int, height: int) -> Box | None:
+def read_box(body: dict, width: int, height: int) -> Box[float] | None:
     """``obj_bbox`` as ``[[x1, y1], [x2, y2]]`` or ``[x1, y1, x2, y2]`` (corners in any order,
     clipped to the image); ``null``, ``[]`` or absent: None."""
     value = body.get("obj_bbox")
@@ -124,8 +123,17 @@ def mean_probability(probabilities: np.ndarray, mask: np.ndarray) -> float:
     return float(selected.mean(dtype=np.float64)) if selected.size else 0.0
 
 
+class Interactor(Protocol):
+    """An interactor's model, the class in its folder's ``model_handler.py``: ``init_context`` in
+    ``main.py`` puts one in ``context.user_data.model``, and ``interactor_handler`` serves it."""
+
+    def segment(self, interaction: Interaction) -> Segmentation:
+        """The object the interaction points at: an image-sized mask and the confidence in it."""
+
+
 def interactor_handler(segment: Callable[[Any, Interaction], Segmentation], **reading) -> Callable:
-    """A nuclio handler for an interactor: ``segment(context, interaction) -> Segmentation``.
+    """A nuclio handler for an interactor: ``segment(context, interaction) -> Segmentation``, in
+    ``main.py`` a call to the ``Interactor`` in ``context.user_data.model``.
     ``reading`` goes to read_interaction (min_pos_points, box_required, default_threshold)."""
 
     @json_handler
@@ -203,7 +211,7 @@ def normalise_255(values: np.ndarray) -> np.ndarray:
     return ((values - low) / (high - low) * 255).astype(np.float32)
 
 
-def padded_box(points: np.ndarray, pad: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def padded_box(points: np.ndarray, pad: int, shape: tuple[int, int]) -> Box[int]:
     """The integer corners around ``points`` (N x 2, x y; truncated, as the references do) grown by
     ``pad`` and clipped to the image's last row and column. Slicing is each model's choice: DEXTR's
     reference crops [x1, x2) x [y1, y2), IOG's includes x2 and y2."""
@@ -213,7 +221,7 @@ def padded_box(points: np.ndarray, pad: int, shape: tuple[int, int]) -> tuple[in
             min(int(xs.max()) + pad, width - 1), min(int(ys.max()) + pad, height - 1))
 
 
-def paste(crop_mask: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
+def paste(crop_mask: np.ndarray, box: Box[int], shape: tuple[int, int]) -> np.ndarray:
     """A crop's mask (already at the crop's size) into a zero full-image uint8 mask (0/1) at
     ``box`` = (x1, y1, x2, y2), x2 and y2 exclusive."""
     x1, y1, x2, y2 = box

@@ -12,10 +12,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-Box = tuple[int, int, int, int]
+from serverless.common.boxes import Box
 
 
-def mask_box(mask: np.ndarray) -> Box | None:
+def mask_box(mask: np.ndarray) -> Box[int] | None:
     """Inclusive bounds of the non-zero pixels of an image-sized mask, or None when it is empty."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
@@ -24,7 +24,7 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
 
 
-def to_function_mask(mask: np.ndarray, box: Box | None = None, origin: tuple[int, int] = (0, 0)) -> list[int]:
+def to_function_mask(mask: np.ndarray, box: Box[int] | None = None, origin: tuple[int, int] = (0, 0)) -> list[int]:
     """Encode a mask over ``box`` (default: the mask's own bounds) in the function format.
 
     ``mask`` is image-sized, or a crop whose top-left pixel is at ``origin`` (x, y) in the image;
@@ -39,7 +39,7 @@ def to_function_mask(mask: np.ndarray, box: Box | None = None, origin: tuple[int
     return np.where(crop, 255, 0).ravel().tolist() + [xtl + x, ytl + y, xbr + x, ybr + y]
 
 
-def from_function_mask(values: list) -> tuple[np.ndarray, Box]:
+def from_function_mask(values: list) -> tuple[np.ndarray, Box[int]]:
     """Decode the function format into (boolean crop, inclusive box); raises ValueError when malformed."""
     if len(values) < 5:
         raise ValueError("a function mask needs pixel values followed by xtl, ytl, xbr, ybr")
@@ -69,7 +69,8 @@ def rle_encode(crop: np.ndarray) -> list[int]:
     return [0] + runs if flat.size and flat[0] else runs
 
 
-def mask_to_polygons(mask: np.ndarray, *, offset: tuple[int, int] = (0, 0), tolerance: float = 0.0) -> list[list[float]]:
+def mask_to_polygons(mask: np.ndarray, *, offset: tuple[int, int] = (0, 0),
+                     tolerance: float = 0.0) -> list[list[float]]:
     """Outer contours of a boolean mask as flat ``[x1, y1, x2, y2, ...]`` polygons of 3+ points.
 
     ``offset`` shifts the result (for a mask crop placed at ``offset`` in the image);

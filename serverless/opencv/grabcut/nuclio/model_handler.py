@@ -34,8 +34,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from serverless.common.boxes import Box
 from serverless.common.handler import BadRequest
-from serverless.common.interactors import Box, Interaction, Segmentation, mean_probability, paste
+from serverless.common.interactors import Interaction, Interactor, Segmentation, mean_probability, paste
 
 WORK_SIDE = 256  # px, the longer side GrabCut works at (320: IoU about the same, 1.7x the time)
 ITERATIONS = 5
@@ -54,7 +55,7 @@ NEGATIVE_TOLERANCE = 12
 GMM_COMPONENTS = 5  # per colour model, fixed in OpenCV's GrabCut
 
 
-class GrabCut:
+class GrabCut(Interactor):
     def segment(self, interaction: Interaction) -> Segmentation:
         """The H x W 0/1 object mask for the interaction's box and clicks, with its confidence."""
         positive, shape = interaction.pos_points, interaction.shape
@@ -66,7 +67,7 @@ class GrabCut:
                 return result
         return self.cut(interaction, object_box(None, positive, shape, CLICK_PADDINGS[-1]))
 
-    def cut(self, interaction: Interaction, box: Box, give_up_if_collapsed: bool = False) -> Segmentation | None:
+    def cut(self, interaction: Interaction, box: Box[float], give_up_if_collapsed: bool = False) -> Segmentation | None:
         """GrabCut from ``box`` and the clicks: the H x W 0/1 mask and its confidence; None when asked
         to give up on a cut that keeps less than ``COLLAPSED`` of the box after ``CHECK_ITERATIONS``."""
         shape = interaction.shape
@@ -115,7 +116,8 @@ class GrabCut:
                             mean_probability(object_posterior(work_image, *models), work_mask))
 
 
-def object_box(box: Box | None, positive: np.ndarray, shape: tuple[int, int], padding: float = 0.0) -> Box:
+def object_box(box: Box[float] | None, positive: np.ndarray, shape: tuple[int, int],
+               padding: float = 0.0) -> Box[float]:
     """Where the object may be: the request's box grown to take in every positive click, or
     without a box the positive clicks' bounding box padded by ``padding`` of the image's longer
     side; in the image."""
@@ -135,7 +137,7 @@ def object_box(box: Box | None, positive: np.ndarray, shape: tuple[int, int], pa
     return box
 
 
-def working_crop(box: Box, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def working_crop(box: Box[float], shape: tuple[int, int]) -> Box[int]:
     """Integer (x1, y1, x2, y2), x2 and y2 exclusive: the box and ``CONTEXT`` of background around
     it, in the image; what GrabCut looks at."""
     height, width = shape

@@ -33,8 +33,9 @@ import numpy as np
 
 from serverless.common import model_files
 from serverless.common import settings as function_settings
+from serverless.common.boxes import Box
 from serverless.common.handler import BadRequest
-from serverless.common.interactors import (Interaction, Segmentation, gaussian_heatmap, mean_probability,
+from serverless.common.interactors import (Interaction, Interactor, Segmentation, gaussian_heatmap, mean_probability,
                                            normalise_255, padded_box, paste)
 from serverless.common.openvino_model import OpenVINOModel
 
@@ -46,17 +47,16 @@ INPUT_SIZE = 512
 SIGMA = 10  # heatmap Gaussians' full width at half maximum, in network-input pixels
 THRESHOLD = 0.8
 
-Box = tuple[int, int, int, int]  # x1, y1, x2, y2 with x2 and y2 exclusive
 
-
-def crop_box(points: np.ndarray, shape: tuple[int, int]) -> Box:
+def crop_box(points: np.ndarray, shape: tuple[int, int]) -> Box[int]:
+    """The crop around the points; x2 and y2 are exclusive here, as the reference crops."""
     x1, y1, x2, y2 = padded_box(points, PADDING, shape)
     if x2 <= x1 or y2 <= y1:  # only for a one-pixel-wide or -high image
         raise BadRequest(f"the {shape[1]}x{shape[0]} image is too small to crop around the points")
     return x1, y1, x2, y2
 
 
-def network_input(image: np.ndarray, points: np.ndarray, box: Box) -> np.ndarray:
+def network_input(image: np.ndarray, points: np.ndarray, box: Box[int]) -> np.ndarray:
     """(1, 4, 512, 512) float32: the crop resized bicubic (RGB 0..255) and the point heatmap."""
     x1, y1, x2, y2 = box
     crop = cv2.resize(image[y1:y2, x1:x2], (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_CUBIC)
@@ -68,14 +68,14 @@ def network_input(image: np.ndarray, points: np.ndarray, box: Box) -> np.ndarray
     return channels.transpose(2, 0, 1)[None]
 
 
-def image_mask(probabilities: np.ndarray, box: Box, shape: tuple[int, int], threshold: float) -> np.ndarray:
+def image_mask(probabilities: np.ndarray, box: Box[int], shape: tuple[int, int], threshold: float) -> np.ndarray:
     """The 512x512 probabilities -> an image-sized 0/1 mask, foreground above ``threshold``."""
     x1, y1, x2, y2 = box
     foreground = (probabilities > threshold).astype(np.uint8)
     return paste(cv2.resize(foreground, (x2 - x1, y2 - y1), interpolation=cv2.INTER_NEAREST), box, shape)
 
 
-class Dextr:
+class Dextr(Interactor):
     def __init__(self, settings: function_settings.FunctionSettings | None = None):
         resolved = model_files.resolve(MODEL, settings)
         if not any(name.endswith(".xml") for name in resolved.files):

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from serverless.common import detections, metadata, model_files, onnx_model
+from serverless.common.handler import Detector
 
 LABEL = metadata.label_names(Path(__file__).with_name("function.yaml"))[0]
 OUTPUT = "sigmoid_0.tmp_0"
@@ -146,7 +147,7 @@ def text_regions(probability: np.ndarray, image_size: tuple[int, int], box_thres
     return regions
 
 
-class TextDetector:
+class TextDetector(Detector):
     def __init__(self):
         self.model = onnx_model.load(model_files.resolve("text-detection-ppocrv4-dbnet").file(".onnx"))
 

@@ -27,6 +27,7 @@ from PIL import Image
 
 from serverless.common import detections, model_files, onnx_model
 from serverless.common import settings as function_settings
+from serverless.common.handler import Detector
 
 NMS_IOU = 0.65
 MAX_DETECTIONS = 300  # yolov7's max_det
@@ -37,7 +38,7 @@ LETTERBOX_PAD = 114
 NMS_ROW_SIZE = 7  # batch, x0, y0, x1, y1, class, score
 
 
-class YoloV7:
+class YoloV7(Detector):
     def __init__(self, labels: dict[int, str]):
         self.labels = labels
         self.path = model_files.resolve("yolov7").file(".onnx")  # whichever export is in place
@@ -50,7 +51,8 @@ class YoloV7:
         elif len(shape) == 3 and shape[2] is not None and shape[2] > 5:
             missing = sorted(set(range(shape[2] - 5)) - labels.keys())
             if missing:
-                raise ValueError(f"{self.path}: the model has {shape[2] - 5} classes, the spec has no label for ids {missing}")
+                raise ValueError(f"{self.path}: the model has {shape[2] - 5} classes, "
+                                 f"the spec has no label for ids {missing}")
             self.layout, self._decode = "raw", self._raw_rows
         else:
             raise ValueError(f"{self.path}: output shape {shape} is neither yolov7's NMS export [K, 7] "

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from serverless.common import detections, model_files
+from serverless.common.handler import Detector
 from serverless.common.openvino_model import OpenVINOModel
 
 GENDERS = ("female", "male")
@@ -29,7 +30,7 @@ def _bgr_blob(rgb: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return resized[:, :, ::-1].transpose(2, 0, 1)[np.newaxis].astype(np.float32)
 
 
-class FaceDetector:
+class FaceDetector(Detector):
     def __init__(self):
         self.detector = OpenVINOModel(model_files.resolve("face-detection-0205").file(".xml"))
         self.age_gender = OpenVINOModel(model_files.resolve("age-gender-recognition-retail-0013").file(".xml"))

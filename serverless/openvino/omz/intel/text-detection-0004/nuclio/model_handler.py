@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from serverless.common import detections, metadata, model_files
+from serverless.common.handler import Detector
 from serverless.common.openvino_model import OpenVINOModel
 
 LABEL = metadata.label_names(Path(__file__).with_name("function.yaml"))[1]
@@ -153,20 +154,21 @@ def decode_pixel_link(segm_logits: np.ndarray, link_logits: np.ndarray, image_si
     return instances
 
 
-class TextDetector:
+class TextDetector(Detector):
     def __init__(self):
         self.model = OpenVINOModel(model_files.resolve("text-detection-0004").file(".xml"))
         shape = self.model.input_shape
         self.channels_first = shape[1] == 3
         self.input_height, self.input_width = shape[2:4] if self.channels_first else shape[1:3]
 
-    def detect(self, image: Image.Image, pixel_threshold: float, link_threshold: float) -> list[dict]:
+    def detect(self, image: Image.Image, threshold: float, link_threshold: float = LINK_THRESHOLD) -> list[dict]:
+        """Text masks; ``threshold`` is PixelLink's pixel threshold."""
         # A plain resize to the input, as OMZ's demo and CVAT do (no letterbox); BGR, raw 0..255.
         bgr = cv2.resize(cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR), (self.input_width, self.input_height),
                          interpolation=cv2.INTER_LINEAR)
         blob = bgr.astype(np.float32)[np.newaxis]
         outputs = self.model.infer(blob.transpose(0, 3, 1, 2) if self.channels_first else blob)
         instances = decode_pixel_link(_output_with_channels(outputs, 2), _output_with_channels(outputs, 16),
-                                      image.size, pixel_threshold, link_threshold)
+                                      image.size, threshold, link_threshold)
         return [detections.mask(LABEL, instance.crop, instance.score, instance.corners.ravel().tolist(),
                                 origin=instance.origin) for instance in instances]

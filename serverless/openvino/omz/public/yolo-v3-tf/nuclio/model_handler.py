@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from serverless.common import detections
+from serverless.common.handler import Detector
 from serverless.common.openvino_model import OpenVINOModel
 
 NMS_IOU = 0.45  # per class: COCO-128 mAP 0.224 with tiny, vs 0.210 with CVAT's class-agnostic NMS at 0.4
@@ -25,7 +26,8 @@ MAX_CANDIDATES = 3000  # into NMS; at the 0.005 threshold of a COCO evaluation t
 MAX_DETECTIONS = 300
 # (anchor sizes in input pixels, anchor indices per output from the coarsest grid to the finest)
 KNOWN_LAYOUTS = {
-    3: ([10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119, 116, 90, 156, 198, 373, 326], [[6, 7, 8], [3, 4, 5], [0, 1, 2]]),
+    3: ([10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119, 116, 90, 156, 198, 373, 326],
+        [[6, 7, 8], [3, 4, 5], [0, 1, 2]]),
     2: ([10, 14, 23, 27, 37, 58, 81, 82, 135, 169, 344, 319], [[3, 4, 5], [1, 2, 3]]),
 }
 
@@ -75,7 +77,7 @@ def decode(raw: np.ndarray, anchors: np.ndarray, input_size: tuple[int, int], th
     return boxes[finite], scores[anchor_idx, rows, cols, classes][finite], classes[finite]
 
 
-class YoloV3:
+class YoloV3(Detector):
     def __init__(self, xml_path, label_names: dict[int, str]):
         self.model = OpenVINOModel(xml_path)
         self.labels = label_names
