@@ -1,11 +1,11 @@
 """The dispatcher's HTTP API: an app factory that includes one router per resource (``routers/``):
-CVAT's ``/api/lambda`` functions and requests (cvat-compat.md section 3), the task store's tasks,
+CVAT's ``/api/lambda`` functions and requests (docs/wire-format.md §3), the task store's tasks,
 annotations and exports and server files in CVAT's REST shapes, and the service routes.
 
-Every error is JSON, ``{"detail": "<readable message>"}``, with CVAT's statuses (3.8): bad input
+Every error is JSON, ``{"detail": "<readable message>"}``, with CVAT's statuses (docs/wire-format.md §3.8): bad input
 400, no token 401, unknown ids 404, an overlapping running request 409, a function that cannot be
 reached 503, a timeout 504, and an upstream error keeps its status. Every ``GET`` route answers
-``HEAD`` too (9.1).
+``HEAD`` too (§9.1).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
 class HeadAsGet:
     """HEAD on any path answers what GET would, headers only. CVAT's UI (2.60+) probes
     ``/api/lambda/functions`` with HEAD and shows no functions at all unless it gets 200 or 404
-    (9.1); this covers every GET route, present and future, in one place."""
+    (docs/wire-format.md §9.1); this covers every GET route, present and future, in one place."""
 
     def __init__(self, app):
         self.app = app

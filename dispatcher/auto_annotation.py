@@ -1,5 +1,5 @@
-"""cvat-sdk's ``annotate_task`` against our dispatcher (cvat-compat.md 7.5), and ``python -m
-dispatcher auto-annotate``, which takes cvat-cli's ``task auto-annotate`` flags (7.7).
+"""cvat-sdk's ``annotate_task`` against our dispatcher (docs/wire-format.md §7.5), and ``python -m
+dispatcher auto-annotate``, which takes cvat-cli's ``task auto-annotate`` flags (§7.7).
 
 The function runs here, on this machine, once per frame in order; frames are fetched one step
 ahead over the HTTP API. Labels, sublabels and attributes are matched by name; everything the

@@ -1,9 +1,9 @@
-"""Label mapping and result conversion of CVAT's lambda manager (cvat-compat.md section 4).
+"""Label mapping and result conversion of CVAT's lambda manager (docs/wire-format.md §4).
 
 ``build_mapping`` turns a request's ``mapping`` (or the default by-name mapping) into model label ->
 task label, attributes and skeleton sublabels; ``convert`` turns one frame of detector items into
-CVAT's tags and shapes (the [new] online reply of 3.6 and what offline jobs store). Unlike CVAT,
-select/radio values must match exactly (defect #15), ``conv_mask_to_poly`` without a polygon gives
+CVAT's tags and shapes (the [new] online reply of §3.6 and what offline jobs store). Unlike CVAT,
+select/radio values must match exactly (§D15), ``conv_mask_to_poly`` without a polygon gives
 polygons traced from the mask (#16) and masks are binarised (#19). Thresholds are the function's
 business (#1): nothing here filters on confidence.
 """
@@ -76,8 +76,8 @@ def _compatible_types(model_type: str, task_type: str) -> bool:
 
 def build_mapping(function_labels: tuple[LabelSpec, ...], task_labels: tuple[TaskLabel, ...],
                   requested: dict | None) -> dict[str, LabelMapping]:
-    """Model label name -> its mapping: by name when ``requested`` is missing or empty (4.2), else
-    the requested one, validated (4.4). Raises MappingError."""
+    """Model label name -> its mapping: by name when ``requested`` is missing or empty (§4.2), else
+    the requested one, validated (§4.4). Raises MappingError."""
     if not requested:
         return _default_mapping(function_labels, task_labels)
     return _requested_mapping(requested, function_labels, task_labels, skeleton=None)
@@ -118,7 +118,7 @@ def _requested_mapping(requested, function_labels, task_labels, *, skeleton: str
         model_label = model_by_name.get(model_name)
         if model_label is None:
             raise MappingError(f"Invalid mapping. Unknown {model_kind} {model_name!r}{of_skeleton}")
-        old_form = isinstance(entry, str)  # [old] {"car": "car"} (4.1)
+        old_form = isinstance(entry, str)  # [old] {"car": "car"} (§4.1)
         if old_form:
             entry = {"name": entry}
         elif not (isinstance(entry, dict) and isinstance(entry.get("name"), str)):
@@ -178,7 +178,7 @@ _INTEGER = re.compile(r"-?[0-9]+")
 
 
 def convert(items: list, mapping: dict[str, LabelMapping], frame: int, conv_mask_to_poly: bool) -> Conversion:
-    """One frame of detector items -> CVAT tags and shapes (4.5, 4.6). Items of unmapped labels are
+    """One frame of detector items -> CVAT tags and shapes (§4.5, §4.6). Items of unmapped labels are
     dropped; raises BadFunctionOutput for a malformed item, so nothing of a bad frame is kept."""
     if not isinstance(items, list):
         raise BadFunctionOutput(f"a detector must return a list of items, got {type(items).__name__}")
@@ -196,7 +196,7 @@ def convert(items: list, mapping: dict[str, LabelMapping], frame: int, conv_mask
         if not isinstance(shape_type, str):
             raise BadFunctionOutput(f"{where}: 'type' must be a string")
         attributes = _attributes(item, label_mapping, where, dropped)
-        if shape_type.lower() == "tag":  # tags in any case (1.6)
+        if shape_type.lower() == "tag":  # tags in any case (§1.6)
             tags.append({"frame": frame, "label_id": label_mapping.task_label.id, "source": "auto",
                          "group": None, "attributes": attributes})
         elif shape_type == "mask":
@@ -238,7 +238,7 @@ def _shape(item: dict, label_mapping: LabelMapping, attributes: list[dict], fram
 
 def _score(confidence) -> float | None:
     """The item's confidence as a number (CVAT functions send strings such as "0.99"), kept as our
-    ``score`` extension so viewers can show it; absent or unreadable: none, never an error (1.6)."""
+    ``score`` extension so viewers can show it; absent or unreadable: none, never an error (§1.6)."""
     try:
         value = float(confidence)
     except (TypeError, ValueError):
@@ -274,13 +274,13 @@ def is_number(value) -> bool:
 def _mask_shapes(item: dict, label_mapping: LabelMapping, attributes: list[dict], frame: int,
                  conv_mask_to_poly: bool, where: str, dropped: list[str]) -> list[dict]:
     crop, box = _function_mask(item.get("mask"), where)
-    # Optional polygon for conv_mask_to_poly (1.6); our functions send [] when they have none.
+    # Optional polygon for conv_mask_to_poly (§1.6); our functions send [] when they have none.
     polygon = checked_points(item["points"], "polygon", where) if item.get("points") else []
     if not conv_mask_to_poly:
         return [_shape(item, label_mapping, attributes, frame, where, "mask", masks.rle_encode(crop) + list(box))]
     if polygon:
         polygons = [polygon]
-    else:  # defect #16: CVAT stores the mask; trace it instead, one shape per outer contour
+    else:  # §D16: CVAT stores the mask; trace it instead, one shape per outer contour
         xtl, ytl, _, _ = box
         polygons = masks.mask_to_polygons(crop, offset=(xtl, ytl))
         if not polygons:
@@ -289,7 +289,7 @@ def _mask_shapes(item: dict, label_mapping: LabelMapping, attributes: list[dict]
 
 
 def _function_mask(value, where: str) -> tuple[np.ndarray, masks.Box]:
-    """Decode (and binarise, defect #19) the function mask format of 1.6."""
+    """Decode (and binarise, §D19) the function mask format of §1.6."""
     values = np.asarray(value) if isinstance(value, list) else None
     if values is None or values.ndim != 1 or values.dtype.kind not in "iuf" or not np.isfinite(values).all():
         raise BadFunctionOutput(f"{where}: 'mask' must be a flat list of numbers (pixels, then xtl, ytl, xbr, ybr)")
@@ -345,7 +345,7 @@ def _skeleton(item: dict, label_mapping: LabelMapping, attributes: list[dict], f
 
 
 def _attributes(item: dict, label_mapping: LabelMapping, where: str, dropped: list[str]) -> list[dict]:
-    """Mapped attributes whose values pass the task attribute's check (4.5.2), as CVAT's ``spec_id``s."""
+    """Mapped attributes whose values pass the task attribute's check (§4.5.2), as CVAT's ``spec_id``s."""
     raw = item.get("attributes") or []
     if not isinstance(raw, list):
         raise BadFunctionOutput(f"{where}: 'attributes' must be a list of {{name, value}}")
@@ -372,7 +372,7 @@ def _attributes(item: dict, label_mapping: LabelMapping, where: str, dropped: li
 
 
 def _value_problem(value: str, attribute: TaskAttribute) -> str | None:
-    """Why ``value`` is not valid for ``attribute`` (the table of 4.5), or None when it is."""
+    """Why ``value`` is not valid for ``attribute`` (the table of §4.5), or None when it is."""
     if attribute.input_type == "number":
         low, high, step = attribute.values
         if (not _INTEGER.fullmatch(value) or not Fraction(low) <= int(value) <= Fraction(high)
@@ -382,7 +382,7 @@ def _value_problem(value: str, attribute: TaskAttribute) -> str | None:
         if value not in ("true", "false"):
             return "not true or false"
     elif attribute.input_type in ("select", "radio"):
-        if value not in attribute.values:  # exact membership, not CVAT's substring test (defect #15)
+        if value not in attribute.values:  # exact membership, not CVAT's substring test (§D15)
             return f"not one of {', '.join(attribute.values)}"
     elif attribute.input_type != "text":
         return f"unknown input type {attribute.input_type!r}"

@@ -18,7 +18,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import Store
 from dispatcher.submission import QUEUE
 
-AUTH_SCHEMES = ("bearer", "token")  # Token: cvat-sdk's and cvat-cli's scheme (cvat-compat.md 9.6)
+AUTH_SCHEMES = ("bearer", "token")  # Token: cvat-sdk's and cvat-cli's scheme (docs/wire-format.md §9.6)
 
 
 class ApiServices:

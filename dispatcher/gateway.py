@@ -1,6 +1,6 @@
 """The one HTTP client to nuclio (real, or our local platform): the function list and calls.
 
-Errors map to statuses as CVAT's lambda manager maps them (cvat-compat.md 3.8): cannot connect
+Errors map to statuses as CVAT's lambda manager maps them (docs/wire-format.md §3.8): cannot connect
 -> 503, timeout -> 504, an HTTP error from nuclio or the function -> that status with its
 message. One ``httpx.Client`` keeps connections alive across calls and threads.
 """
@@ -14,7 +14,7 @@ import httpx
 
 from dispatcher.settings import Settings
 
-# What CVAT sends with every dashboard call (cvat-compat.md 2.3).
+# What CVAT sends with every dashboard call (docs/wire-format.md §2.3).
 NUCLIO_HEADERS = {"x-nuclio-project-name": "cvat", "x-nuclio-function-namespace": "nuclio",
                   "x-nuclio-invoke-via": "domain-name"}
 

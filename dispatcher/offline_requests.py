@@ -1,10 +1,10 @@
-"""Task-wide requests (cvat-compat.md 3.7, section 5): checking one and submitting its run, and the
+"""Task-wide requests (docs/wire-format.md §3.7, §5): checking one and submitting its run, and the
 request object the API shows.
 
 Detectors annotate every frame of the target (or the region of it that ``roi`` names); ReID links
-the target's rectangles into tracks (9.4). Unlike CVAT: interactors and trackers cannot run
-offline, and ReID refuses ``cleanup``, which would delete the very boxes it links (defect 13);
-failed and canceled requests stay listed until their TTL (11).
+the target's rectangles into tracks (§9.4). Unlike CVAT: interactors and trackers cannot run
+offline, and ReID refuses ``cleanup``, which would delete the very boxes it links (§D13);
+failed and canceled requests stay listed until their TTL (§D11).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dispatcher.request_book import Target
 from dispatcher.schemas import AnnotateRequest, OfflineRequest
 from dispatcher.store import Store
 
-OFFLINE_KINDS = ("detector", "reid")  # what a task-wide request can run (defect 13, 9.4)
+OFFLINE_KINDS = ("detector", "reid")  # what a task-wide request can run (§D13, §9.4)
 
 
 def start(services: ApiServices, function_id: str, body: OfflineRequest | AnnotateRequest) -> dict:
@@ -48,10 +48,10 @@ def start(services: ApiServices, function_id: str, body: OfflineRequest | Annota
         if body.roi is not None:
             parameters["roi"] = list(_region_of_frames(services.store, body.roi, task, frames))
         units = frames
-    else:  # ReID: the target's rectangles linked into tracks (9.4)
+    else:  # ReID: the target's rectangles linked into tracks (§9.4)
         for name, refused in (("cleanup", body.cleanup), ("roi", body.roi is not None),
                               ("mapping", bool(body.mapping)), ("conv_mask_to_poly", body.conv_mask_to_poly)):
-            if refused:  # cleanup would delete the very boxes ReID links (defect 13)
+            if refused:  # cleanup would delete the very boxes ReID links (§D13)
                 raise BadRequest(f"{name}: not for ReID functions, which link the target's rectangles into tracks")
         parameters = {"threshold": body.threshold, "max_distance": body.max_distance}
         units = reid.pairs(services.store.rectangles(task, frames), frames)
@@ -65,7 +65,7 @@ def start(services: ApiServices, function_id: str, body: OfflineRequest | Annota
 
 
 def _region_of_frames(store: Store, value, task: int, frames: list[int]) -> regions.Region:
-    """An offline ``roi``, checked against every target frame's stored size (9.2), none decoded."""
+    """An offline ``roi``, checked against every target frame's stored size (§9.2), none decoded."""
     region = regions.parse(value)
     sizes = store.frames_meta(task)["frames"]
     for frame in frames:
@@ -80,10 +80,10 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def request_object(record: dict) -> dict:
-    """CVAT's request object (3.7) plus ours: frames, fps, eta_seconds, failures, cancel_requested.
+    """CVAT's request object (§3.7) plus ours: frames, fps, eta_seconds, failures, cancel_requested.
 
     A canceled run reads ``failed``, its reason in ``exc_info``: CVAT's UI shows any final status
-    other than finished and failed as "accomplished" (9.5), and a canceled run is not that. Our
+    other than finished and failed as "accomplished" (§9.5), and a canceled run is not that. Our
     clients tell it apart by ``cancel_requested``."""
     function = {"id": record["function_id"], "threshold": record["parameters"].get("threshold"),
                 "task": record["task"]}

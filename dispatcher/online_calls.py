@@ -1,12 +1,12 @@
-"""Online calls (cvat-compat.md 3.4 - 3.6): one call of a function on one frame of a task, with
+"""Online calls (docs/wire-format.md §3.4 - §3.6): one call of a function on one frame of a task, with
 CVAT's bodies and replies, for every kind of function.
 
 CVAT drops keys whose value is null, then reads what the kind needs; every mistake is a 400 naming
 the field. Detectors answer CVAT annotations with the task's label ids (conversion and mapping in
 ``dispatcher.converter``); interactors, ReID and trackers answer what the function answers, except
-that regions (``roi``, 9.2) are put back into the frame and tracker states are signed for the
-client. Unlike CVAT: threshold 0 is forwarded (defect 1), a ``task``/``job`` mismatch is refused
-(14), and non-ready functions answer 503 (20).
+that regions (``roi``, §9.2) are put back into the frame and tracker states are signed for the
+client. Unlike CVAT: threshold 0 is forwarded (§D1), a ``task``/``job`` mismatch is refused
+(§D14), and non-ready functions answer 503 (§D20).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def call(services: ApiServices, function: LambdaFunction, raw: dict) -> Any:
     task, job = task_and_job(services.store, body)
     kind = function.meta.kind
     extra = {}
-    if "threshold" in body:  # 0 included (defect 1)
+    if "threshold" in body:  # 0 included (§D1)
         extra["threshold"] = _number(body, "threshold")
     if "roi" in body and kind not in ("detector", "interactor"):
         raise BadRequest(f"roi: {kind} functions cannot run on a region (only detectors and interactors)")
@@ -61,7 +61,7 @@ def call(services: ApiServices, function: LambdaFunction, raw: dict) -> Any:
             obj_bbox = regions.box_into_region(obj_bbox, region)
         payload = {"image": _image(services.store, task, frame, region), "pos_points": pos_points,
                    "neg_points": neg_points, "obj_bbox": obj_bbox, **extra}
-        if body.get("text_prompts"):  # CVAT forwards it when truthy (9.3)
+        if body.get("text_prompts"):  # CVAT forwards it when truthy (§9.3)
             payload["text_prompts"] = body["text_prompts"]
         if "mask_format" in body:  # ours: how the interactor answers (README, "Interactors")
             payload["mask_format"] = body["mask_format"]
@@ -85,7 +85,7 @@ def call(services: ApiServices, function: LambdaFunction, raw: dict) -> Any:
 
 
 def _track(services: ApiServices, function: LambdaFunction, body: dict, task: int, frame: int) -> dict:
-    """CVAT's tracker call (3.5): start on ``shapes`` (no ``states``) or continue ``states``; the
+    """CVAT's tracker call (§3.5): start on ``shapes`` (no ``states``) or continue ``states``; the
     function's states reach the client signed, and come back checked."""
     key, function_id = services.settings.tracker_state_key, function.id
     legacy = not function.meta.supported_shape_types
@@ -153,7 +153,7 @@ def _frame(store: Store, body: dict, key: str, task: int, job: int | None) -> in
 
 
 def _image(store: Store, task: int, frame: int, region: regions.Region | None = None) -> str:
-    """The stored file, never re-encoded; with a region, its crop (9.2)."""
+    """The stored file, never re-encoded; with a region, its crop (§9.2)."""
     data = store.frame_bytes(task, frame)
     if region is not None:
         try:
@@ -164,7 +164,7 @@ def _image(store: Store, task: int, frame: int, region: regions.Region | None = 
 
 
 def _region(store: Store, body: dict, task: int, frame: int) -> regions.Region | None:
-    """The body's ``roi``, checked against the frame's stored size (9.2), or None."""
+    """The body's ``roi``, checked against the frame's stored size (§9.2), or None."""
     if "roi" not in body:
         return None
     region = regions.parse(body["roi"])
@@ -201,7 +201,7 @@ def _list(body: dict, key: str) -> list:
 
 
 def _points(body: dict, key: str) -> list:
-    """``[[x, y], ...]``; the key is mandatory, an empty list is fine (3.4)."""
+    """``[[x, y], ...]``; the key is mandatory, an empty list is fine (§3.4)."""
     points = _list(body, key)
     for index, point in enumerate(points):
         if not (isinstance(point, list) and len(point) == 2 and all(is_number(c) for c in point)):

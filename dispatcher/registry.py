@@ -1,9 +1,9 @@
 """The function catalogue as CVAT's ``/api/lambda/functions`` serves it, read from nuclio.
 
-A function with invalid metadata (unknown kind, bad spec, duplicate labels: cvat-compat.md 3.3) is
+A function with invalid metadata (unknown kind, bad spec, duplicate labels: docs/wire-format.md §3.3) is
 left out of the list, as CVAT does, and answers 500 with the reason when asked for by id. A
 function that is not ready stays listed with its ``state`` and ``message`` (our extension fields),
-and calling it answers 503 with the reason instead of CVAT's 500 (its defect 20).
+and calling it answers 503 with the reason instead of CVAT's 500 (its defect, §D20).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class LambdaFunction:
                    status.get("message") or "", int(status.get("httpPort") or 0), int(workers))
 
     def to_api(self) -> dict:
-        """CVAT's function object (cvat-compat.md 3.3), plus ``state`` and ``message``."""
+        """CVAT's function object (docs/wire-format.md §3.3), plus ``state`` and ``message``."""
         meta = self.meta
         body = {"id": meta.id, "kind": meta.kind, "name": meta.name, "description": meta.description,
                 "version": meta.version, "labels_v2": [_label_v2(label) for label in meta.labels],

@@ -1,4 +1,4 @@
-"""ReID as a task-wide request (cvat-compat.md 5.3, 9.4): the target's rectangles linked into tracks.
+"""ReID as a task-wide request (docs/wire-format.md §5.3, §9.4): the target's rectangles linked into tracks.
 
 The work is split by frame pair: for each pair of consecutive frames (f, f + 1) that both hold
 rectangles, the function says which box on f is which box on f + 1. Pairs are independent, so

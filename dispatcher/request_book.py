@@ -18,11 +18,11 @@ is the default key prefix):
 - ``dispatcher:running:task:<task>`` / ``dispatcher:running:job:<job>``: the run holding a target;
 - ``dispatcher:requests``: every request id, for listing.
 
-Unlike CVAT (cvat-compat.md section 8): requests are keyed by their target, so two jobs of one task
-can run together (defect 12) and only overlapping targets conflict; progress counts the units of
-the target, so job runs go from 0 to 100 (defect 7); failed and canceled requests stay listed with
-their reason until their TTL (defect 11). A cancel frees the target at once, so a new request on it
-is accepted right away (9.5); the canceled run ends when its last running chunk has stopped.
+Unlike CVAT (docs/wire-format.md §8): requests are keyed by their target, so two jobs of one task
+can run together (§D12) and only overlapping targets conflict; progress counts the units of
+the target, so job runs go from 0 to 100 (§D7); failed and canceled requests stay listed with
+their reason until their TTL (§D11). A cancel frees the target at once, so a new request on it
+is accepted right away (§9.5); the canceled run ends when its last running chunk has stopped.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ class RequestBook:
             "task": int(raw["task"]), "job": int(raw["job"]) if raw["job"] else None,
             "parameters": json.loads(raw["parameters"]), "status": raw["status"], "enqueued": float(raw["enqueued"]),
             "started": started, "ended": ended, "exc_info": raw["exc_info"] or None,
-            # Units of the target, not of the task: a job run goes from 0 to 100 too (defect 7).
+            # Units of the target, not of the task: a job run goes from 0 to 100 too (§D7).
             "progress": 100 if raw["status"] == "finished" else (min(100 * (done + failed) // total, 100)
                                                                  if total else 0),
             "frames": {"total": total, "done": done, "failed": failed},

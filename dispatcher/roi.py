@@ -1,4 +1,4 @@
-"""CVAT 2.70+'s ``roi``: run a function on a region of the frame (cvat-compat.md 9.2).
+"""CVAT 2.70+'s ``roi``: run a function on a region of the frame (docs/wire-format.md §9.2).
 
 The region is ``[xtl, ytl, xbr, ybr]`` in frame pixels, right and bottom exclusive. The function
 sees only the crop, re-encoded in the frame's own format; detector shapes come back shifted into

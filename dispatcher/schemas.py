@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class OfflineRequest(BaseModel):
-    """``POST /api/lambda/requests``: CVAT's fields (cvat-compat.md 3.7); unknown keys are ignored."""
+    """``POST /api/lambda/requests``: CVAT's fields (docs/wire-format.md §3.7); unknown keys are ignored."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     function: str = Field(description="the function id")
@@ -20,7 +20,7 @@ class OfflineRequest(BaseModel):
     cleanup: StrictBool = Field(False, description="delete the target's annotations (once) before the first write")
     conv_mask_to_poly: StrictBool = Field(False, alias="convMaskToPoly",
                                           description="polygons instead of masks (alias convMaskToPoly)")
-    mapping: dict[str, Any] | None = Field(None, description="model label -> task label (cvat-compat.md 4.1)")
+    mapping: dict[str, Any] | None = Field(None, description="model label -> task label (docs/wire-format.md §4.1)")
     roi: Any = Field(None, description="detectors: [xtl, ytl, xbr, ybr], annotate only this region of every frame")
     max_distance: float | None = Field(None, description="ReID: the largest distance in pixels between the "
                                                          "centres of boxes that may be linked (the function's "

@@ -47,7 +47,7 @@ def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str,
 def cancel(book: RequestBook, queue: rq.Queue, rid: str) -> bool:
     """Stop a request: queued chunks are removed, running ones see the flag before their next call
     and store what they finished; the last of them ends the run as canceled (now, if none runs).
-    The target is free at once, so a new request on it is accepted right away (9.5); the task
+    The target is free at once, so a new request on it is accepted right away (§9.5); the task
     store keeps this run's late writes from mixing with the new run's. False when the request is
     unknown."""
     record = book.get(rid)

@@ -1,4 +1,4 @@
-"""Tracker states on their way through the client (cvat-compat.md 3.5): the function's state as
+"""Tracker states on their way through the client (docs/wire-format.md §3.5): the function's state as
 compact JSON, a timestamp and an HMAC-SHA256 over both and the function id, so a client can only
 hand a function back a state that function made, within 8 hours. Clients treat the string as
 opaque; the format is ours, not Django's."""

@@ -72,7 +72,7 @@ def test_the_reply_is_the_whole_image_in_0_and_255():
 
 
 def test_the_compact_reply_is_cvats_stored_rle():
-    # CVAT's worked example (cvat-compat.md 4.7): a 3 x 4 box at the origin.
+    # CVAT's worked example (docs/wire-format.md §4.7): a 3 x 4 box at the origin.
     flat = [1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0]
     mask = np.zeros((6, 5), dtype=np.uint8)
     mask[0:4, 0:3] = np.array(flat).reshape(4, 3)

@@ -5,7 +5,7 @@ from serverless.common import masks
 
 
 def test_cvat_worked_example():
-    # cvat-compat.md 4.7: a 3x4 box at the origin, two object pixels then two background per row.
+    # docs/wire-format.md §4.7: a 3x4 box at the origin, two object pixels then two background per row.
     function_mask = [255, 255, 0, 0, 255, 255, 0, 0, 255, 255, 0, 0, 0, 0, 2, 3]
     assert masks.function_mask_to_rle(function_mask) == [0, 2, 2, 2, 2, 2, 2, 0, 0, 2, 3]
 

@@ -33,7 +33,7 @@ def test_annotations_become_strings_like_the_dashboard():
 def test_interactor_fields_and_strict_booleans():
     meta = FunctionMeta.from_nuclio(config(type="interactor", version=2, min_pos_points=4, startswith_box="false"))
     assert (meta.kind, meta.version, meta.min_pos_points, meta.min_neg_points) == ("interactor", 2, 4, -1)
-    assert meta.startswith_box is False  # CVAT reads "false" as true (its defect 2)
+    assert meta.startswith_box is False  # CVAT reads "false" as true (its defect, §D2)
     assert parse_bool("YES", "x") is True and parse_bool("0", "x") is False
     with pytest.raises(MetadataError, match=r"metadata.annotations.startswith_box: must be true or false"):
         FunctionMeta.from_nuclio(config(startswith_box="maybe"))

@@ -1,4 +1,4 @@
-"""CVAT 2.73's own request sequences replayed against the running stack (cvat-compat.md section 9):
+"""CVAT 2.73's own request sequences replayed against the running stack (docs/wire-format.md §9):
 the API and two chunk workers as processes, the local platform serving real functions (YOLO v3 on
 the tiny IR, GrabCut, the colour-histogram ReID) and probes, on a Redis database of this module's
 own. Bodies are the ones CVAT's UI and cvat-sdk send, extra keys included."""
@@ -22,7 +22,7 @@ GRABCUT = "opencv-grabcut"
 REID = "opencv-reid-colour-histogram"
 ZIDANE = TESTDATA / "ultralytics/zidane.jpg"
 BUS = TESTDATA / "ultralytics/bus.jpg"
-ROI_MESSAGES = {  # 9.2, word for word
+ROI_MESSAGES = {  # §9.2, word for word
     "shape": "ROI must contain four integer coordinates: [xtl, ytl, xbr, ybr]",
     "sign": "ROI coordinates must be non-negative",
     "size": "ROI size must be positive",
@@ -157,7 +157,7 @@ def test_a_jpeg_frame_is_cropped_and_re_encoded_as_jpeg(stack):
         "task": task["id"], "frame": 0, "roi": [100, 200, 500, 700], "pos_points": [[300, 400]], "neg_points": [],
         "obj_bbox": [[150, 250], [450, 650]], "text_prompts": ["a bus"], "mask_format": "shapes"})["body"]
     assert (sent["pos_points"], sent["neg_points"], sent["obj_bbox"]) == ([[200, 200]], [], [[50, 50], [350, 450]])
-    assert (sent["text_prompts"], sent["mask_format"]) == (["a bus"], "shapes")  # forwarded (9.3), and ours
+    assert (sent["text_prompts"], sent["mask_format"]) == (["a bus"], "shapes")  # forwarded (§9.3), and ours
     frame = np.asarray(Image.open(BUS).convert("RGB"), dtype=float)
 
     def crop_error(region) -> float:

@@ -262,7 +262,7 @@ def test_a_job_run_covers_its_frames_and_runs_beside_another_job(stack):
     task = stack.task(THING, COCO_IMAGES[:6], segment_size=3)
     first, second = (job["id"] for job in task["jobs"])
     runs = [stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"], "job": job})
-            for job in (first, second)]  # two jobs of one task at once (CVAT defect 12)
+            for job in (first, second)]  # two jobs of one task at once (CVAT defect, §D12)
     assert runs[0]["id"] == f"action=autoannotate&target=job&target_id={first}"
     assert stack.error("POST", "/api/lambda/requests", 409, json={"function": "probe-slow", "task": task["id"]})
     done = [stack.wait(run["id"]) for run in runs]

@@ -1,4 +1,4 @@
-"""Label mapping and result conversion (cvat-compat.md section 4); every expected value is worked out by hand."""
+"""Label mapping and result conversion (docs/wire-format.md §4); every expected value is worked out by hand."""
 
 import pytest
 import yaml
@@ -27,7 +27,7 @@ MODEL_PERSON = LabelSpec("person", "skeleton", sublabels=(
 
 
 def shape(label_id, shape_type, points, **fields):
-    """A converted shape as 3.6 shows it, with CVAT's defaults (4.6)."""
+    """A converted shape as §3.6 shows it, with CVAT's defaults (§4.6)."""
     result = {"frame": FRAME, "label_id": label_id, "source": "auto", "type": shape_type, "points": points}
     if shape_type in ("rectangle", "ellipse"):
         result["rotation"] = fields.pop("rotation", 0)
@@ -41,7 +41,7 @@ def one_label_mapping(task_label: TaskLabel, attributes=None, sublabels=None) ->
     return {"thing": LabelMapping(task_label, attributes or {}, sublabels or {})}
 
 
-# --- default mapping (4.2, 4.3) ---
+# --- default mapping (§4.2, §4.3) ---
 
 @pytest.mark.parametrize("model_type, task_type, compatible", [
     ("rectangle", "rectangle", True),
@@ -85,7 +85,7 @@ def test_default_mapping_of_a_skeleton_maps_sublabels_and_their_attributes_by_na
     })}
 
 
-# --- explicit mapping (4.1, 4.4) ---
+# --- explicit mapping (§4.1, §4.4) ---
 
 def test_explicit_mapping_with_attributes():
     requested = {"car": {"name": "vehicle", "attributes": {"color": "paint"}}}
@@ -219,7 +219,7 @@ def test_unmapped_labels_are_dropped_even_when_malformed():
     assert convert(items, mapping, FRAME, False) == ([], [], [])
 
 
-# --- attributes (4.5.2) ---
+# --- attributes (§4.5.2) ---
 
 @pytest.mark.parametrize("input_type, values, value, kept", [
     ("number", ("0", "150", "1"), "22", True),
@@ -241,7 +241,7 @@ def test_unmapped_labels_are_dropped_even_when_malformed():
     ("text", ("",), "", True),
     ("select", ("female", "male"), "female", True),
     ("select", ("female", "male"), "male", True),
-    ("select", ("female", "male"), "mal", False),     # CVAT's substring check lets this through (defect #15)
+    ("select", ("female", "male"), "mal", False),     # CVAT's substring check lets this through (§D15)
     ("select", ("female", "male"), "female\nmale", False),
     ("select", ("female", "male"), "Male", False),
     ("radio", ("left", "right"), "right", True),
@@ -278,7 +278,7 @@ def test_unmapped_attributes_are_dropped_silently():
     assert result.shapes[0]["attributes"] == [{"spec_id": 40, "value": "blue"}] and result.dropped == []
 
 
-# --- masks (4.6, 4.7) ---
+# --- masks (§4.6, §4.7) ---
 
 MASK_MAPPING = one_label_mapping(TaskLabel(3, "thing", "mask"))
 
@@ -291,7 +291,7 @@ def test_mask_becomes_cvat_rle_worked_example():
 
 
 def test_mixed_mask_values_are_binarised():
-    # 2x2 box at (5, 6)-(6, 7): pixels 0, 1, 255, 0 -> background 1, object 2, background 1 (defect #19).
+    # 2x2 box at (5, 6)-(6, 7): pixels 0, 1, 255, 0 -> background 1, object 2, background 1 (§D19).
     item = {"label": "thing", "type": "mask", "mask": [0, 1, 255, 0, 5, 6, 6, 7]}
     assert convert([item], MASK_MAPPING, FRAME, False).shapes[0]["points"] == [1, 2, 1, 5, 6, 6, 7]
 
@@ -307,7 +307,7 @@ def corners(points):
 
 
 def test_mask_with_conv_mask_to_poly_without_polygon_is_traced():
-    # A 6x5 box at (10, 20); the object is columns 1-4 of rows 1-3, i.e. x 11..14, y 21..23 (defect #16).
+    # A 6x5 box at (10, 20); the object is columns 1-4 of rows 1-3, i.e. x 11..14, y 21..23 (§D16).
     rows = [[0, 0, 0, 0, 0, 0],
             [0, 1, 1, 1, 1, 0],
             [0, 1, 1, 1, 1, 0],
@@ -339,7 +339,7 @@ def test_mask_too_small_for_a_polygon_is_reported():
     assert result.dropped == ["item 0 ('thing'): the mask has no outline of 3 or more points to make a polygon"]
 
 
-# --- skeletons (4.5.3, 4.5.4) ---
+# --- skeletons (§4.5.3, §4.5.4) ---
 
 SKELETON_MAPPING = build_mapping((MODEL_PERSON,), (PERSON,), None)
 

@@ -82,7 +82,7 @@ def test_unknown_and_invalid_functions(registry):
 
 def test_calls_reach_the_function_with_the_payload(registry):
     seen = registry.call(registry.function("runtime-probe"), {"image": "abc", "threshold": 0})
-    assert seen["body"] == {"image": "abc", "threshold": 0}  # threshold 0 arrives (CVAT's defect 1)
+    assert seen["body"] == {"image": "abc", "threshold": 0}  # threshold 0 arrives (CVAT's defect, §D1)
     assert (seen["method"], seen["path"], seen["content_type"]) == ("POST", "/", "application/json")
 
 

@@ -1,4 +1,4 @@
-"""ReID's linking of frame-pair matches into CVAT tracks (cvat-compat.md 5.3, 9.4), on hand-made
+"""ReID's linking of frame-pair matches into CVAT tracks (docs/wire-format.md §5.3, §9.4), on hand-made
 boxes; the function calls and the store's one write run in test_dispatcher_chunks.py."""
 
 import pytest

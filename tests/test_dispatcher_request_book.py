@@ -49,7 +49,7 @@ def test_a_second_request_on_the_same_task_is_a_conflict_until_the_first_ends(bo
 
 def test_only_overlapping_targets_conflict(book):
     book.create(Target(1, job=11), "yolo", {}, [0, 1])
-    book.create(Target(1, job=12), "yolo", {}, [2, 3])  # another job of the same task: fine (defect 12)
+    book.create(Target(1, job=12), "yolo", {}, [2, 3])  # another job of the same task: fine (§D12)
     with pytest.raises(Conflict, match="job #11"):
         book.create(Target(1, job=11), "yolo", {}, [0, 1])
     with pytest.raises(Conflict):  # the task overlaps its running jobs
@@ -147,7 +147,7 @@ def test_a_cancel_frees_the_target_at_once(book):
     book.chunk_started(first.id, "chunk-0")  # a chunk is still in its call
     assert cancel(book, queue, first.request_id)
     assert book.get(first.request_id)["cancel_requested"] and book.get(first.request_id)["status"] == "started"
-    second = book.create(Target(10), "yolo", {}, [0, 1, 2])  # no 409 window (9.5)
+    second = book.create(Target(10), "yolo", {}, [0, 1, 2])  # no 409 window (§9.5)
     # The old run's chunk finishes its frame afterwards: it counts for the old run, never the new one.
     book.frame_done(first.id, 0)
     book.finish(first.id, "canceled")  # what its chunk does when it stops

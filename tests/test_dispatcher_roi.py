@@ -1,4 +1,4 @@
-"""The region arithmetic of CVAT's ``roi`` (cvat-compat.md 9.2), on hand-made cases; the requests
+"""The region arithmetic of CVAT's ``roi`` (docs/wire-format.md §9.2), on hand-made cases; the requests
 themselves run end to end in test_cvat_replay.py."""
 
 import io

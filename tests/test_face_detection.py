@@ -45,7 +45,7 @@ def test_astronaut_has_exactly_one_face_on_her_face(face_function, spec):
     assert_valid_items(items, spec, (512, 512))
     assert box_iou(items[0]["points"], ASTRONAUT_FACE) > 0.5
     values = {a["name"]: a["value"] for a in items[0]["attributes"]}
-    # A smiling woman. With RGB fed to these BGR models (CVAT's defect 17) gender comes out "male".
+    # A smiling woman. With RGB fed to these BGR models (CVAT's defect, §D17) gender comes out "male".
     assert (values["gender"], values["emotion"]) == ("female", "happy")
 
 
@@ -61,7 +61,7 @@ def test_threshold_is_honoured_including_zero(face_function, spec, image_path):
     strict = detect(face_function, image_path, threshold=0.7)
     everything = detect(face_function, image_path, threshold=0.0)
     assert len(everything) >= len(default) >= len(strict)
-    assert len(everything) > len(default)  # 0 really is 0, not "use the default" (CVAT's defect 1)
+    assert len(everything) > len(default)  # 0 really is 0, not "use the default" (CVAT's defect, §D1)
     assert all(float(item["confidence"]) >= 0.7 for item in strict)
     assert all(float(item["confidence"]) >= 0.5 for item in default)
     assert_valid_items(everything, spec, Image.open(image_path).size)

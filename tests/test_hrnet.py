@@ -174,7 +174,7 @@ def test_metadata_is_cvats():
                                  "and negative points")
     assert meta.animated_gif.endswith("/site/content/en/images/hrnet_example.gif")
     annotations = yaml.safe_load((HRNET_FUNCTION / "function.yaml").read_text())["metadata"]["annotations"]
-    assert "startswith_box" not in annotations  # written only when true (defect 2)
+    assert "startswith_box" not in annotations  # written only when true (§D2)
 
 
 def test_gpu_file_differs_only_where_cvats_does():

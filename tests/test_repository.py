@@ -2,6 +2,8 @@
 and named as CVAT names them (deployment artefacts: test_deploy.py)."""
 
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -55,3 +57,45 @@ def test_catalogue_functions_exist():
     function_ids = {function_config.load(path).name for path in FUNCTION_FILES}
     for model in model_files.catalogue().values():
         assert set(model.functions) <= function_ids, model.name
+
+
+# Citations: code cites the repository's own documents, by section
+
+CITATION = re.compile(r"(?:docs/(?P<file>[\w-]+\.md) )?§(?P<section>D\d+|\d+(?:\.\d+)*)")
+BINARY = (".png", ".jpg", ".jpeg", ".gif", ".ico", ".pdf")
+
+
+def code_files() -> list:
+    """Every file of the repository (tracked, or new and not ignored) but the documents it cites."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    return [REPO / name for name in listed if not name.startswith("docs/") and not name.endswith(BINARY)
+            and (REPO / name).is_file()]
+
+
+def headings(document: str) -> set[str]:
+    """The section numbers of a document's headings (``### 3.8 Errors ...`` -> ``3.8``)."""
+    text = (REPO / "docs" / document).read_text()
+    return set(re.findall(r"^#+ (D\d+|\d+(?:\.\d+)*) ", text, re.M))
+
+
+def test_every_citation_resolves_to_a_heading_in_the_repository():
+    sections = {document: headings(document) for document in ("wire-format.md", "architecture.md")}
+    cited = 0
+    for path in code_files():
+        for match in CITATION.finditer(path.read_text(errors="replace")):
+            document = match["file"] or "wire-format.md"
+            assert document in sections, f"{path.relative_to(REPO)} cites docs/{document}, which does not exist"
+            assert match["section"] in sections[document], \
+                f"{path.relative_to(REPO)} cites docs/{document} §{match['section']}, which has no such heading"
+            cited += 1
+    assert cited > 100
+
+
+def test_no_code_cites_a_document_outside_the_repository():
+    for path in code_files():
+        if path == Path(__file__):
+            continue  # the names below
+        text = path.read_text(errors="replace")
+        for outside in ("cvat-compat", "shared/docs", "architecture.md's"):
+            assert outside not in text, f"{path.relative_to(REPO)} cites {outside!r}, which is not in the repository"

@@ -26,7 +26,7 @@ from helpers import REPO, TESTDATA, b64_file, function_module, serve_function
 RETINANET_FUNCTION = REPO / "serverless/pytorch/facebookresearch/detectron2/retinanet_r101/nuclio"
 BUS = TESTDATA / "ultralytics/bus.jpg"  # 810 x 1080
 
-# cvat-compat.md 1.10, as CVAT's function.yaml lists them: COCO ids, underscores.
+# docs/wire-format.md §1.10, as CVAT's function.yaml lists them: COCO ids, underscores.
 COCO_LABELS = """1 person, 2 bicycle, 3 car, 4 motorcycle, 5 airplane, 6 bus, 7 train, 8 truck, 9 boat,
 10 traffic_light, 11 fire_hydrant, 13 stop_sign, 14 parking_meter, 15 bench, 16 bird, 17 cat, 18 dog,
 19 horse, 20 sheep, 21 cow, 22 elephant, 23 bear, 24 zebra, 25 giraffe, 27 backpack, 28 umbrella,
@@ -337,7 +337,7 @@ def test_items_are_scaled_clipped_and_kept_at_the_threshold():
     # Network input 800 x 1000 (height x width) for a 500 x 400 (width x height) image: half scale.
     items = mh.to_items(boxes, scores, classes, mh.class_names(), 0.5, (800, 1000), (500, 400))
     assert [(i["label"], i["points"], i["confidence"]) for i in items] == [
-        ("person", [50.0, 50.0, 150.0, 100.0], "0.5000"),  # score == threshold is kept (defect 18)
+        ("person", [50.0, 50.0, 150.0, 100.0], "0.5000"),  # score == threshold is kept (§D18)
         ("car", [350.0, 250.0, 450.0, 350.0], "0.9000"),
     ]  # the third box is outside the image after scaling (empty once clipped); the fourth scores below 0.5
 
@@ -372,7 +372,7 @@ def test_served_function_on_a_real_image(retinanet_function):
     assert everything.status_code == 200, everything.text
     everything = everything.json()
     assert_valid_items(everything, (810, 1080))
-    # Threshold 0 reaches below the model's usual 0.05 (CVAT's 0.5 floor is defect 4), up to 100 boxes.
+    # Threshold 0 reaches below the model's usual 0.05 (CVAT's 0.5 floor is §D4), up to 100 boxes.
     assert 50 < len(everything) <= 100
     assert any(0.05 <= float(item["confidence"]) < 0.5 for item in everything)
 

@@ -1,4 +1,4 @@
-"""cvat-sdk functions in our product (cvat-compat.md section 7), with the real cvat-sdk from PyPI:
+"""cvat-sdk functions in our product (docs/wire-format.md §7), with the real cvat-sdk from PyPI:
 functions written with ``cvat_sdk.auto_annotation`` helpers served by the local runtime and used
 through the dispatcher (online calls and task-wide RQ jobs), ``annotate_task`` and the
 ``auto-annotate`` command against a running API, and our detectors as built-in SDK functions on

@@ -364,7 +364,7 @@ def three_rectangles() -> Image.Image:
 def test_served_pixel_link_feeds_bgr_and_emits_own_masks(pixel_link_stand_in):
     frame = three_rectangles()
     items = post(pixel_link_stand_in, image=encoded(frame))
-    # Blue is found and red is not: the frame reached the network as BGR (CVAT feeds RGB, defect 17).
+    # Blue is found and red is not: the frame reached the network as BGR (CVAT feeds RGB, §D17).
     assert len(items) == 2
     assert_text_items(items, PIXEL_LINK_FUNCTION, frame.size, min_confidence=0.8)
     strong, weak = sorted(items, key=lambda item: polygon_bounds(item)[1])

@@ -30,7 +30,7 @@ LIVING_ROOM = COCO / "000000000139.jpg"  # 640x426: people, a tv, chairs, a tabl
 # Marked by hand on bus.jpg: the bus, and the three people fully in view (left to right).
 BUS_BOX = (15, 230, 805, 740)
 PEOPLE_BOXES = [(50, 398, 245, 905), (222, 405, 345, 860), (668, 410, 810, 878)]
-# cvat-compat.md 1.10: CVAT's YOLO v3/v7 names by class id, VOC-style where COCO's differ.
+# docs/wire-format.md §1.10: CVAT's YOLO v3/v7 names by class id, VOC-style where COCO's differ.
 CVAT_YOLO_LABELS = (
     "person", "bicycle", "car", "motorbike", "aeroplane", "bus", "train", "truck", "boat", "traffic light",
     "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
@@ -111,7 +111,7 @@ def test_items_use_spec_names_and_stay_inside_the_image(yolov7, spec_names):
     ("000000000632.jpg", "pottedplant"), ("000000001993.jpg", "diningtable"), ("000000004495.jpg", "tvmonitor"),
 ])
 def test_classes_come_out_with_cvats_voc_style_names(yolov7, image_name, label):
-    """COCO's airplane, motorcycle, couch, ... are named by class id from the spec (CVAT's defect 3 stays out)."""
+    """COCO's airplane, motorcycle, couch, ... are named by class id from the spec (CVAT's defect, §D3 stays out)."""
     assert label in {item["label"] for item in detect(yolov7, COCO / image_name, threshold=0.3)}
 
 
@@ -123,7 +123,7 @@ def test_threshold_is_honoured_including_zero(yolov7, spec_names, image_path):
         items = detect(yolov7, image_path, threshold=threshold)
         assert_valid_items(items, spec_names, size, threshold=threshold)
         counts[threshold] = len(items)
-    assert counts[0.0] > counts[0.5] >= counts[0.7]  # 0 really is 0, not the default (CVAT's defect 1)
+    assert counts[0.0] > counts[0.5] >= counts[0.7]  # 0 really is 0, not the default (CVAT's defect, §D1)
 
 
 def test_batch_of_mixed_sizes_answers_one_list_per_image_in_order(yolov7):
@@ -223,7 +223,7 @@ def official_nms_export(rows: np.ndarray, size: int = 640) -> onnx.ModelProto:
 
 def test_nms_export_rows_are_unletterboxed_clipped_thresholded_and_named(tmp_path):
     # A 200x100 frame letterboxed into 640x640: ratio 3.2, 160 grey rows above and below, none at the sides.
-    # Scores are exact in float32, so ">= threshold" is tested on the boundary itself (CVAT's defect 18).
+    # Scores are exact in float32, so ">= threshold" is tested on the boundary itself (CVAT's defect, §D18).
     rows = np.array([
         # batch, x0, y0, x1, y1, class, score
         [0, 64, 192, 320, 352, 5, 0.875],    # bus (20, 10, 100, 60)

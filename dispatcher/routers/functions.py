@@ -1,4 +1,4 @@
-"""``/api/lambda/functions``: the function catalogue and online calls (cvat-compat.md 3.2 - 3.6)."""
+"""``/api/lambda/functions``: the function catalogue and online calls (docs/wire-format.md §3.2 - §3.6)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,6 @@ def get_function(function_id: str, registry: Functions) -> dict:
 
 @router.post("/{function_id}")
 def call_function(function_id: str, body: Annotated[dict[str, Any], Body()], services: Services) -> Any:
-    """One online call (3.4): detectors answer CVAT annotations, the other kinds the function's own
+    """One online call (docs/wire-format.md §3.4): detectors answer CVAT annotations, the other kinds the function's own
     reply (interactor masks and ReID matchings put back into the frame, tracker states signed)."""
     return online_calls.call(services, services.registry.function(function_id), body)

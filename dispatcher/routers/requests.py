@@ -1,4 +1,4 @@
-"""``/api/lambda/requests`` and ``/detectors/<id>/annotate``: task-wide requests (cvat-compat.md 3.7)."""
+"""``/api/lambda/requests`` and ``/detectors/<id>/annotate``: task-wide requests (docs/wire-format.md §3.7)."""
 
 from __future__ import annotations
 

@@ -214,7 +214,7 @@ def _checked_shape(item, where: str, context: TaskContext, skeleton: int | None 
 
 
 def _checked_mask(points, where: str) -> list[int]:
-    """CVAT's mask RLE (4.7): run lengths from a background run, then the inclusive box. Whole
+    """CVAT's mask RLE (§4.7): run lengths from a background run, then the inclusive box. Whole
     floats are taken as the integers they are: CVAT keeps points as floats, and cvat-sdk sends 72.0."""
     whole = (lambda v: is_int(v) or (isinstance(v, float) and v.is_integer()))
     if not isinstance(points, list) or len(points) < 5 or not all(whole(v) and v >= 0 for v in points):

@@ -14,7 +14,7 @@ const REID_MAX_DISTANCE = "50";
 // A region's colour in the dialog and in the viewer: dashed amber, apart from an interactor's cyan box.
 export const REGION_COLOUR = "#ffb000";
 
-// Section 4.3 of cvat-compat.md: which model label types may feed which task label types.
+// docs/wire-format.md §4.3: which model label types may feed which task label types.
 export function compatible(modelType, taskType) {
   return modelType === taskType
     || (taskType === "any" && modelType !== "skeleton")

@@ -1,4 +1,4 @@
-// CVAT's mask encoding (cvat-compat.md, masks): run lengths over the mask's box in row-major order,
+// CVAT's mask encoding (docs/wire-format.md §4.7): run lengths over the mask's box in row-major order,
 // starting with a background run, followed by the inclusive box [left, top, right, bottom].
 
 export function decodeMask(points) {

@@ -1,5 +1,5 @@
 """Detection post-processing shared by every detector: letterbox, NMS, box scaling and clipping,
-and the result items CVAT's functions return (cvat-compat.md section 1.6)."""
+and the result items CVAT's functions return (docs/wire-format.md §1.6)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """What every interactor shares: reading CVAT's request, click maps, crop and paste-back, the reply.
 
-CVAT's interactor request (cvat-compat.md 1.5, 6.3) is ``{"image", "pos_points": [[x, y], ...],
+CVAT's interactor request (docs/wire-format.md §1.5, §6.3) is ``{"image", "pos_points": [[x, y], ...],
 "neg_points": [[x, y], ...], "obj_bbox": [[x1, y1], [x2, y2]] or null or [], "threshold"?}``
 (CVAT 2.60+ may add ``text_prompts``: read by none of ours, so ignored). Coordinates are image
-pixels, x to the right, y down. Unlike CVAT (defect 6): a flat ``[x1, y1, x2, y2]`` box is accepted
+pixels, x to the right, y down. Unlike CVAT (§D6): a flat ``[x1, y1, x2, y2]`` box is accepted
 too, ``null`` and ``[]`` mean no box, and every mistake is a 400 naming the field.
 
 A model answers a ``Segmentation``: the object's mask and its confidence in it. The reply follows
@@ -12,9 +12,9 @@ the request's ``mask_format``:
 - ``"full"`` (default): the version-2 reply ``{"mask": H x W}`` over the whole image, 0 background
   and 255 object; the only form older CVAT UIs read;
 - ``"cvat_rle"`` (ours): ``{"rle": [runs..., xtl, ytl, xbr, ybr], "size": [H, W]}``, the mask as
-  CVAT stores it (4.7);
+  CVAT stores it (§4.7);
 - ``"shapes"``: CVAT 2.60+'s ``{"shapes": [{"type": "mask", "points": <the same RLE and box>,
-  "attributes": [{"spec_id": 0, "value": "<confidence>"}]}]}`` (9.3), one shape, none for an
+  "attributes": [{"spec_id": 0, "value": "<confidence>"}]}]}`` (§9.3), one shape, none for an
   empty mask.
 """
 
@@ -167,7 +167,7 @@ def mask_reply(mask: np.ndarray) -> dict:
 
 
 def cvat_rle(mask: np.ndarray) -> list[int]:
-    """``[runs..., xtl, ytl, xbr, ybr]``: CVAT's storage form of a mask (cvat-compat 4.7), the RLE of
+    """``[runs..., xtl, ytl, xbr, ybr]``: CVAT's storage form of a mask (docs/wire-format.md §4.7), the RLE of
     its bounding box and that box, inclusive; ``[]`` for an empty mask."""
     box = masks.mask_box(mask != 0)
     if box is None:
@@ -182,7 +182,7 @@ def rle_reply(mask: np.ndarray) -> dict:
 
 
 def shapes_reply(segmentation: Segmentation) -> dict:
-    """CVAT 2.60+'s ``{"shapes": [...]}`` (cvat-compat 9.3): the mask as one mask shape, ``points``
+    """CVAT 2.60+'s ``{"shapes": [...]}`` (docs/wire-format.md §9.3): the mask as one mask shape, ``points``
     its CVAT RLE and box, the confidence as a string with 4 decimals (CVAT's attribute values are
     strings); no shape for an empty mask."""
     points = cvat_rle(segmentation.mask)

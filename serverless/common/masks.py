@@ -1,4 +1,4 @@
-"""Masks on the wire (cvat-compat.md sections 1.6 and 4.7).
+"""Masks on the wire (docs/wire-format.md §1.6 and §4.7).
 
 - Function mask: the pixels of an *inclusive* box ``xtl, ytl, xbr, ybr`` row by row (0 background,
   255 object), followed by the four box numbers.

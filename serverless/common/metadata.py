@@ -1,7 +1,7 @@
 """CVAT function metadata: the ``metadata.annotations`` of a function.yaml and its label spec.
 
 The nuclio dashboard returns every annotation as a string, so YAML values are first turned into the
-same strings. Validation is stricter than CVAT's where CVAT is wrong (cvat-compat.md section 8):
+same strings. Validation is stricter than CVAT's where CVAT is wrong (docs/wire-format.md §8):
 booleans must really be booleans (``"false"`` is false) and select values are exact.
 """
 

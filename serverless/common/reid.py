@@ -1,6 +1,6 @@
 """What every ReID function shares: reading CVAT's request, matching boxes by embedding, the reply.
 
-CVAT's ReID request (cvat-compat.md 1.9) is ``{"image0", "image1", "boxes0", "boxes1",
+CVAT's ReID request (docs/wire-format.md §1.9) is ``{"image0", "image1", "boxes0", "boxes1",
 "threshold"?: 0.5, "max_distance"?: 50}``: two frames (base64 of their files) and the boxes on each,
 as CVAT shape objects of which only ``points`` ``[x1, y1, x2, y2]`` and ``label_id`` are read. The
 reply is a list with one int per box of ``boxes0``: the index in ``boxes1`` of the same object, or -1.
@@ -11,8 +11,8 @@ embeddings of the two crops (coordinates clipped to the image, then floored); ev
 ``NO_MATCH``. A minimum-cost assignment (Hungarian) links each box to at most one other, and a link
 counts when its cost is at most ``threshold``, a cosine distance (0..2, smaller is stricter).
 
-Unlike CVAT: 0 is a real ``threshold`` and ``max_distance`` (defect 1); every input mistake is a
-400 naming the field (defect 21); a box whose crop has no pixels never matches (CVAT passes the
+Unlike CVAT: 0 is a real ``threshold`` and ``max_distance`` (§D1); every input mistake is a
+400 naming the field (§D21); a box whose crop has no pixels never matches (CVAT passes the
 empty crop to the model); each crop is embedded once and only when it is part of a candidate pair
 (CVAT embeds both crops again for every pair), all of a call's crops in one go, so a model can run
 them side by side.

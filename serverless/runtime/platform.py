@@ -1,5 +1,5 @@
 """A local nuclio platform: every function under a tree as its own processor, behind the subset of
-the nuclio dashboard API that CVAT uses (cvat-compat.md section 2.3).
+the nuclio dashboard API that CVAT uses (docs/wire-format.md §2.3).
 
 - ``GET /api/functions``: an object keyed by function name; each value is the function.yaml as the
   dashboard returns it (annotations as strings) plus ``status``: ``state`` (building | ready |

@@ -1,4 +1,4 @@
-"""Our detectors as ready-made cvat-sdk detection functions (cvat-compat.md 7.6), for
+"""Our detectors as ready-made cvat-sdk detection functions (docs/wire-format.md §7.6), for
 ``python -m dispatcher auto-annotate --function-module serverless.sdk_functions.<name>``, cvat-cli's
 ``task auto-annotate`` against a real CVAT, or any code that takes a cvat-sdk function:
 

@@ -1,4 +1,4 @@
-"""cvat-sdk auto-annotation functions (cvat-compat.md section 7) in our world, one implementation for
+"""cvat-sdk auto-annotation functions (docs/wire-format.md §7) in our world, one implementation for
 both directions, one module per job:
 
 - ``loading``: cvat-cli's loading rules (``load_function``: a module by name or a file;
@@ -9,7 +9,7 @@ both directions, one module per job:
 - ``rules``: ``LabelIndex.check``, the output rules that need only the function's own spec
   (``BadFunctionError``); the driver adds the task-side rules (``dispatcher.auto_annotation``).
 - ``detection``, ``interaction``, ``tracking``: serving a function of each kind as a CVAT detector
-  (``detection_items``: SDK annotations -> CVAT function result items, 1.6), interactor or tracker.
+  (``detection_items``: SDK annotations -> CVAT function result items, §1.6), interactor or tracker.
 - ``serving``: ``handler``, the nuclio handler (``serverless.common.sdk:handler`` in function.yaml)
   that serves the function named by the ``SDK_FUNCTION_*`` settings.
 - ``folders``: the other way, one of our detector folders as an SDK function

@@ -1,6 +1,6 @@
 """Serving a cvat-sdk detection function as a CVAT detector: each request's image goes to
 ``function.detect`` with the request's threshold, and the SDK annotations it returns, once checked
-against the function's spec, come back as CVAT function result items (cvat-compat.md 1.6).
+against the function's spec, come back as CVAT function result items (docs/wire-format.md §1.6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Loading a cvat-sdk function as cvat-cli does (cvat-compat.md 7.7): a module by name or a Python
+"""Loading a cvat-sdk function as cvat-cli does (docs/wire-format.md §7.7): a module by name or a Python
 file, ``create(**parameters)`` when the module is a factory, and which of the SDK's three kinds it is."""
 
 from __future__ import annotations

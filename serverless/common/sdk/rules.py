@@ -1,4 +1,4 @@
-"""The detection output rules that need only the function's own spec (cvat-compat.md 7.2): what
+"""The detection output rules that need only the function's own spec (docs/wire-format.md §7.2): what
 breaks one is a ``BadFunctionError``. The driver adds the task-side rules
 (``dispatcher.auto_annotation``).
 """

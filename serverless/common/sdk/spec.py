@@ -1,4 +1,4 @@
-"""What a function.yaml declares for a cvat-sdk function (cvat-compat.md 1.3, 1.4): its labels as
+"""What a function.yaml declares for a cvat-sdk function (docs/wire-format.md §1.3, §1.4): its labels as
 ``annotations.spec``, its kind's annotations, and the whole document that serves it.
 """
 
@@ -23,7 +23,7 @@ def label_type(label) -> str:
 
 
 def spec_labels(spec: DetectionFunctionSpec) -> list[dict]:
-    """The function's labels as ``annotations.spec`` entries (cvat-compat.md 1.4)."""
+    """The function's labels as ``annotations.spec`` entries (docs/wire-format.md §1.4)."""
     return [_label_entry(label) for label in spec.labels]
 
 
@@ -51,7 +51,7 @@ def skeleton_svg(names: list[str]) -> str:
 
 
 def function_annotations(function, *, name: str) -> dict:
-    """``metadata.annotations`` for serving ``function`` (CVAT reads them; 1.3)."""
+    """``metadata.annotations`` for serving ``function`` (CVAT reads them; §1.3)."""
     kind = function_kind(function)
     spec = function.spec
     annotations: dict[str, Any] = {"name": name, "type": kind}

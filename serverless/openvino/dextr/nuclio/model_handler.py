@@ -4,7 +4,7 @@ The network is DEXTR-PyTorch's ResNet-101/PSP trained on PASCAL + SBD (dextr_pas
 exported at image build time by export_dextr.py to the IR ``dextr.xml``/``.bin``: input (1, 4, 512,
 512), RGB 0..255 and the heatmap; output (1, 1, 512, 512) foreground probabilities.
 
-One request, as CVAT's function does it (cvat-compat.md 1.8.1):
+One request, as CVAT's function does it (docs/wire-format.md §1.8.1):
 
 1. the points (``pos_points``; at least 4), truncated to integers, give the crop box: their bounds
    grown by 50 pixels and clipped to the image's last row and column, cropped as [x1, x2) x [y1, y2);

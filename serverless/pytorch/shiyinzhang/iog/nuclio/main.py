@@ -3,7 +3,7 @@
 Request ``{"image": <base64>, "obj_bbox": [[x1, y1], [x2, y2]] (required), "pos_points": [[x, y],
 ...] (at least 1), "neg_points": [[x, y], ...], "threshold"?: 0..1 (default 0.8)}``; reply
 ``{"mask": H x W of 0/255}``. Without a box the answer is 400: CVAT's fallback (a box from the
-negative clicks) never worked (cvat-compat.md section 8, defect 6).
+negative clicks) never worked (docs/wire-format.md §D6).
 """
 
 from model_handler import DEFAULT_THRESHOLD, IOG

@@ -1,7 +1,7 @@
 """IOG (Inside-Outside Guidance, Zhang et al., CVPR 2020) in plain PyTorch, loading the official
 ``IOG_PASCAL_SBD.pth`` key for key (``network.py``), with CVAT's pre- and post-processing.
 
-Request handling follows CVAT's handler (cvat-compat.md 1.8.4):
+Request handling follows CVAT's handler (docs/wire-format.md §1.8.4):
 
 1. The box (required) grown by 30 px, clipped to the image; the crop includes its right column and
    bottom row, as IOG's own ``crop_from_bbox`` does. (CVAT counts the crop's size that way but cuts

@@ -2,7 +2,7 @@
 
 All three are Open Model Zoo IRs that take BGR pixels 0..255 in NCHW with no mean or scale (the
 IRs carry their own normalisation), so frames are flipped from RGB; CVAT feeds them RGB (its
-defect 17). The detector takes a plain resize to 416x416 and returns up to 200 rows
+§D17). The detector takes a plain resize to 416x416 and returns up to 200 rows
 ``x_min, y_min, x_max, y_max, confidence`` in input pixels.
 """
 

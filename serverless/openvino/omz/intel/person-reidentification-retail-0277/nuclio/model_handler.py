@@ -5,7 +5,7 @@ fetched on the machines this was written on, so it never ran here): input ``data
 ``[1, 3, 256, 128]`` (B, C, H, W), **BGR**, pixels 0..255 with no mean or scale (OMZ's Intel IRs
 carry their own normalisation); output ``reid_embedding`` ``[1, 256]``, meant to be compared by
 cosine distance. Each crop is resized plainly to the input size the IR declares (no letterbox, as
-CVAT's loader and OMZ's demos do) and flipped to BGR; CVAT feeds it RGB (defect 17).
+CVAT's loader and OMZ's demos do) and flipped to BGR; CVAT feeds it RGB (§D17).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ model's NHWC layout instead (``Placeholder`` ``[1, 768, 1280, 3]``, outputs ``[1
 ``[1, 192, 320, 16]``); both are accepted, told apart by where the 3-, 2- or 16-channel axis is.
 Outputs are picked by their channel count, as OMZ's demo does, so output names do not matter.
 
-Decoder (cvat-compat.md 1.7.2), with CVAT's defects fixed (section 8, #5 and #17):
+Decoder (docs/wire-format.md §1.7.2), with CVAT's defects fixed (§D5, §D17):
 - text score = softmax of the segmentation pair; link score = softmax of each neighbour's pair;
 - positive pixels (score >= pixel threshold) are joined to positive 8-neighbours when the link
   between them is positive (link score >= link threshold) in either direction, as OMZ's union-find;

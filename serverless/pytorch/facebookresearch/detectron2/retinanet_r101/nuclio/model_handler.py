@@ -142,7 +142,7 @@ class RetinaNetR101(Detector):
                    for cell, level, stride in zip(self.cell_anchors, logits, STRIDES)]
         boxes, scores, classes = select_detections(
             [flatten_level(x, NUM_CLASSES) for x in logits], [flatten_level(x, 4) for x in deltas], anchors,
-            # CVAT fixes this at 0.5, so lower request thresholds did nothing (its defect 4).
+            # CVAT fixes this at 0.5, so lower request thresholds did nothing (its defect, §D4).
             min(SCORE_THRESH_TEST, threshold))
         return to_items(boxes, scores, classes, self.class_names, threshold, (height, width), image.size)
 
