@@ -11,7 +11,8 @@ from dispatcher import settings as dispatcher_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dispatcher", description="CVAT-compatible auto-annotation dispatcher")
+    parser = argparse.ArgumentParser(prog="python -m dispatcher",
+                                     description="CVAT-compatible auto-annotation dispatcher")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")

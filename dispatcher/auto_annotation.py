@@ -45,13 +45,14 @@ class _Target:
     """Where a function label (or sublabel) goes in the task: ids, and None for what is dropped."""
     id: int
     attributes: dict[int, int | None]  # function attribute id -> task attribute id
-    sublabels: dict[int, "_Target | None"]  # function sublabel id -> target
+    sublabels: dict[int, _Target | None]  # function sublabel id -> target
     expected_type: str
     element_count: int
 
 
 class _Matcher:
-    def __init__(self, function_labels, task_labels: list[dict], *, allow_unmatched_labels: bool, conv_mask_to_poly: bool):
+    def __init__(self, function_labels, task_labels: list[dict], *, allow_unmatched_labels: bool,
+                 conv_mask_to_poly: bool):
         self.allow_unmatched_labels = allow_unmatched_labels
         self.conv_mask_to_poly = conv_mask_to_poly
         by_name = {label["name"]: label for label in task_labels}
@@ -144,7 +145,8 @@ def _attributes(annotation, target: _Target) -> list[dict]:
 
 
 def _geometry(shape) -> dict:
-    geometry = {"points": [float(v) for v in getattr(shape, "points", [])], "occluded": bool(getattr(shape, "occluded", False)),
+    geometry = {"points": [float(v) for v in getattr(shape, "points", [])],
+                "occluded": bool(getattr(shape, "occluded", False)),
                 "outside": bool(getattr(shape, "outside", False)), "z_order": int(getattr(shape, "z_order", 0)),
                 "rotation": float(getattr(shape, "rotation", 0.0))}
     if hasattr(shape, "score"):
@@ -170,7 +172,8 @@ def annotate_task(client: Client, task_id: int, function, *, pbar: ProgressRepor
 
     tags, shapes = [], []
     with pbar.task(total=len(frames), unit="samples"), ThreadPoolExecutor(1) as fetcher:
-        ahead = collections.deque(fetcher.submit(client.frame, task_id, number) for number in range(min(PREFETCH, len(frames))))
+        ahead = collections.deque(fetcher.submit(client.frame, task_id, number)
+                                  for number in range(min(PREFETCH, len(frames))))
         for number in pbar.iter(range(len(frames))):
             data = ahead.popleft().result()
             if number + PREFETCH < len(frames):
@@ -198,7 +201,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task_id", type=int, help="task ID")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--function-module", metavar="MODULE", help="qualified name of a module to use as the function")
-    source.add_argument("--function-file", metavar="PATH", type=Path, help="path to a Python source file to use as the function")
+    source.add_argument("--function-file", metavar="PATH", type=Path,
+                        help="path to a Python source file to use as the function")
     parser.add_argument("-p", "--function-parameter", metavar="NAME=TYPE:VALUE", dest="function_parameters",
                         type=_parameter, action="append", default=[],
                         help="parameter for the function's create(); TYPE is int, float, str or bool")

@@ -16,6 +16,7 @@ run that has been replaced writes nothing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import logging
 import time
@@ -28,11 +29,11 @@ import rq
 from dispatcher import reid
 from dispatcher import roi as regions
 from dispatcher import settings as dispatcher_settings
+from dispatcher.call_slots import CallSlots
 from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert
 from dispatcher.gateway import Gateway, GatewayError
-from dispatcher.call_slots import CallSlots
-from dispatcher.request_book import FINAL_STATES, RequestBook
 from dispatcher.registry import Registry
+from dispatcher.request_book import FINAL_STATES, RequestBook
 from dispatcher.store import InvalidInput, NotFound, StaleRun, Store
 from serverless.common.handler import BadRequest
 
@@ -144,10 +145,8 @@ def _run_units(function, units: list[int], work) -> dict[int, object]:
     with ThreadPoolExecutor(max(1, function.workers)) as pool:
         futures = {unit: pool.submit(work, unit) for unit in units}
         for unit, future in futures.items():
-            try:
+            with contextlib.suppress(Cancelled):
                 outcomes[unit] = future.result()
-            except Cancelled:
-                pass
     return outcomes
 
 

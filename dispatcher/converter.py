@@ -44,7 +44,7 @@ class TaskLabel:
     name: str
     type: str = "any"
     attributes: tuple[TaskAttribute, ...] = ()
-    sublabels: tuple["TaskLabel", ...] = ()
+    sublabels: tuple[TaskLabel, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class LabelMapping:
 
     task_label: TaskLabel
     attributes: dict[str, TaskAttribute] = field(default_factory=dict)  # model attribute name -> task attribute
-    sublabels: dict[str, "LabelMapping"] = field(default_factory=dict)  # skeletons: model sublabel name -> mapping
+    sublabels: dict[str, LabelMapping] = field(default_factory=dict)  # skeletons: model sublabel name -> mapping
 
 
 class Conversion(NamedTuple):

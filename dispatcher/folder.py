@@ -60,7 +60,9 @@ class LocalProcesses(contextlib.ExitStack):
 
     def start(self, name: str, command: list[str], environment: dict[str, str]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "ab")
+        # The log must stay open for the child's life, past this method: the stack closes it on exit,
+        # after stopping the process (callbacks run last-registered first).
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 -- outlives start(), closed by the stack
         process = subprocess.Popen(command, env={**os.environ, **environment}, cwd=REPOSITORY, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.callback(log.close)

@@ -66,7 +66,8 @@ class Gateway:
         try:
             return response.json()
         except json.JSONDecodeError:
-            raise GatewayError(502, f"{what} replied with something that is not JSON: {response.text[:200]!r}") from None
+            raise GatewayError(502, f"{what} replied with something that is not JSON: "
+                                    f"{response.text[:200]!r}") from None
 
     def function_configs(self) -> list[dict]:
         """Every function config the dashboard knows (it answers an object keyed by name)."""

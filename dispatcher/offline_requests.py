@@ -10,7 +10,7 @@ failed and canceled requests stay listed until their TTL (§D11).
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dispatcher import reid, submission
 from dispatcher import roi as regions
@@ -76,7 +76,7 @@ def _region_of_frames(store: Store, value, task: int, frames: list[int]) -> regi
 def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def request_object(record: dict) -> dict:

@@ -94,11 +94,15 @@ def _track(services: ApiServices, function: LambdaFunction, body: dict, task: in
                   for index, state in enumerate(_list(body, "states"))]
         shapes = [None] * len(states)
     else:
-        shapes = _list(body, "shapes")
         states = []
+        # Older clients (and CVAT's own tests) send a bare [x1, y1, x2, y2]: a rectangle.
+        shapes = [{"type": "rectangle", "points": shape} if isinstance(shape, list) else shape
+                  for shape in _list(body, "shapes")]
         for index, shape in enumerate(shapes):
-            if not (isinstance(shape, dict) and isinstance(shape.get("points"), list)):
-                raise BadRequest(f"shapes[{index}]: must be a shape with type and points, got {shape!r}")
+            if not (isinstance(shape, dict) and isinstance(shape.get("points"), list)
+                    and all(is_number(value) for value in shape["points"])):
+                raise BadRequest(f"shapes[{index}]: must be a shape with type and points (or [x1, y1, x2, y2]), "
+                                 f"got {shape!r}")
             if not legacy and shape.get("type") not in function.meta.supported_shape_types:
                 raise BadRequest(f"shapes[{index}].type: function {function_id} tracks "
                                  f"{', '.join(function.meta.supported_shape_types)}, not {shape.get('type')!r}")

@@ -37,7 +37,7 @@ class LambdaFunction:
         return self.meta.id
 
     @classmethod
-    def from_config(cls, config: dict) -> "LambdaFunction":
+    def from_config(cls, config: dict) -> LambdaFunction:
         status = config.get("status") or {}
         triggers = ((config.get("spec") or {}).get("triggers") or {}).values()
         http = next((t for t in triggers if isinstance(t, dict) and t.get("kind") == "http"), {})

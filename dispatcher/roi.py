@@ -131,11 +131,14 @@ class BadFunctionReply(ValueError):
 
 def reply_into_frame(reply, region: Region, frame_size: tuple[int, int], function_id: str):
     """An interactor's reply on the crop, in frame coordinates: ``{"mask"}`` pasted into a zero
-    frame-sized mask, our ``{"rle", "size"}`` and CVAT's ``{"shapes"}`` shifted; anything else is
-    passed on unchanged. Raises BadFunctionReply when a mask is not the crop's size."""
+    frame-sized mask, our ``{"rle", "size"}``, CVAT's ``{"shapes"}`` and an older interactor's
+    polygon ``[[x, y], ...]`` shifted; anything else is passed on unchanged. Raises BadFunctionReply
+    when a mask is not the crop's size."""
+    xtl, ytl, xbr, ybr = region
+    if isinstance(reply, list) and all(isinstance(point, list) and len(point) == 2 for point in reply):
+        return [shift_points(point, xtl, ytl) for point in reply]
     if not isinstance(reply, dict):
         return reply
-    xtl, ytl, xbr, ybr = region
     width, height = frame_size
     reply = dict(reply)
     if isinstance(reply.get("mask"), list):

@@ -14,8 +14,8 @@ import redis
 import rq
 
 import dispatcher.chunks  # noqa: F401  imported before RQ forks a child per chunk, so no chunk pays for it
-from dispatcher.submission import QUEUE
 from dispatcher.settings import Settings
+from dispatcher.submission import QUEUE
 
 JOB_MONITORING_INTERVAL = 5  # seconds between the heartbeats of a running chunk
 HEARTBEAT_GRACE = 15  # seconds without a heartbeat after which a chunk counts as abandoned

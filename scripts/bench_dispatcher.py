@@ -144,7 +144,7 @@ class Stack:
         self.platform = httpx.Client(base_url=self.platform_url, timeout=120)
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=120)
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         self.logs.mkdir(parents=True)
         redis.Redis.from_url(REDIS_URL).flushdb()  # the benchmark's own database: no stale requests or workers
         try:
@@ -283,7 +283,7 @@ class PeakMemory(threading.Thread):
             for name, pid in self.pids.items():
                 self.peaks[name] = max(self.peaks[name], tree_rss_mib(pid))
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.start()
         return self
 
@@ -319,8 +319,8 @@ def scaling(work: Path, args: argparse.Namespace, files: list[str], bodies: list
     for name, (workers, seconds) in probes.items():
         probe_copy(tree / name, name, workers, seconds)
     print(f"\nscaling: the probe sleeping {PROBE_SECONDS * 1000:.0f} ms per call, {len(files)} frames, "
-          f"{args.workers} dispatcher workers\n(up to {args.workers} chunks at once, each keeping as many calls in flight "
-          f"as the function has workers)")
+          f"{args.workers} dispatcher workers\n(up to {args.workers} chunks at once, "
+          f"each keeping as many calls in flight as the function has workers)")
     rows = {}
     with Stack(work, "probes", [str(tree)], args.workers) as stack:
         for name, (workers, seconds) in probes.items():
@@ -359,7 +359,7 @@ def print_summary(results: dict, args: argparse.Namespace) -> None:
         row(name, ratio, verdict(name, ratio))
     for size, peaks in results["memory"]:
         print(f"{f'peak RSS at {size} frames, MiB':<40}" + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
-    for name, probe in results.get("scaling", {}).items():
+    for _name, probe in results.get("scaling", {}).items():
         if probe["seconds"]:
             row(f"probe {probe['seconds'] * 1000:.0f} ms, {probe['workers']} worker(s), e2e", probe["e2e"],
                 f"frames/s   loop {probe['loop']:.1f}   e2e / loop {probe['e2e'] / probe['loop']:.2f}")

@@ -56,7 +56,8 @@ def served(function_dir: Path, env: dict[str, str]):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "serverless.runtime", "serve", str(function_dir), "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "serverless.runtime", "serve", str(function_dir),
+                                "--port", str(port)],
                                cwd=REPO, env={**os.environ, **env}, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

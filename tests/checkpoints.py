@@ -4,8 +4,9 @@ the folder a function's ``*_MODEL_PATH`` setting names."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

@@ -47,7 +47,7 @@ def b64_file(path: Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def detect(function: "RunningProcess", image_path: Path, **extra) -> list:
+def detect(function: RunningProcess, image_path: Path, **extra) -> list:
     """One frame through a served detector over HTTP; the reply must be a 200 JSON list."""
     reply = function.http.post("/", json={"image": b64_file(image_path), **extra})
     assert reply.status_code == 200, reply.text
@@ -55,7 +55,7 @@ def detect(function: "RunningProcess", image_path: Path, **extra) -> list:
     return reply.json()
 
 
-def interactor_shapes_reply(function: "RunningProcess", body: dict, text_prompts) -> tuple["np.ndarray", list[dict]]:
+def interactor_shapes_reply(function: RunningProcess, body: dict, text_prompts) -> tuple[np.ndarray, list[dict]]:
     """A served interactor's default reply and its ``mask_format: shapes`` reply to the same body,
     the latter with CVAT 2.60+'s ``text_prompts`` (which ours ignore): the one mask shape must cover
     exactly the default mask. Returns that mask (0/255) and the shape's attributes."""

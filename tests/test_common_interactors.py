@@ -7,9 +7,20 @@ import numpy as np
 import pytest
 
 from serverless.common.handler import BadRequest
-from serverless.common.interactors import (Segmentation, gaussian_heatmap, interactor_handler, mask_reply,
-                                           mean_probability, normalise_255, padded_box, paste, read_box, read_points,
-                                           rle_reply, shapes_reply)
+from serverless.common.interactors import (
+    Segmentation,
+    gaussian_heatmap,
+    interactor_handler,
+    mask_reply,
+    mean_probability,
+    normalise_255,
+    padded_box,
+    paste,
+    read_box,
+    read_points,
+    rle_reply,
+    shapes_reply,
+)
 
 
 def test_points_are_read_and_checked():
@@ -20,8 +31,10 @@ def test_points_are_read_and_checked():
     cases = [
         ({}, "pos_points", 4, "'pos_points' is required: at least 4 points as [[x, y], ...]"),
         ({"pos_points": [[1, 1]]}, "pos_points", 4, "'pos_points' needs at least 4 points, got 1"),
-        ({"pos_points": [[1, 2, 3]]}, "pos_points", 0, "'pos_points[0]' must be [x, y] with two numbers, got [1, 2, 3]"),
-        ({"pos_points": [[1, True]]}, "pos_points", 0, "'pos_points[0]' must be [x, y] with two numbers, got [1, True]"),
+        ({"pos_points": [[1, 2, 3]]}, "pos_points", 0,
+         "'pos_points[0]' must be [x, y] with two numbers, got [1, 2, 3]"),
+        ({"pos_points": [[1, True]]}, "pos_points", 0,
+         "'pos_points[0]' must be [x, y] with two numbers, got [1, True]"),
         ({"pos_points": [[11, 2]]}, "pos_points", 0, "'pos_points[0]' = [11, 2] is outside the 10x10 image"),
         ({"pos_points": "1,2"}, "pos_points", 0, "'pos_points' must be a list of [x, y] points, got str"),
     ]

@@ -144,7 +144,7 @@ def test_function_yaml_has_cvats_metadata():
     assert "startswith_box" not in config["metadata"]["annotations"]  # CVAT reads any value as true
     assert meta.help_message.startswith("The interactor allows to get a mask of an object using its extreme points")
     assert meta.animated_gif.endswith("/dextr_example.gif")
-    assert mh.MIN_POS_POINTS == meta.min_pos_points
+    assert meta.min_pos_points == mh.MIN_POS_POINTS
 
 
 # --- checkpoint format and export -------------------------------------------------------------------

@@ -22,8 +22,17 @@ from pycocotools.cocoeval import COCOeval
 
 from dispatcher.folder import child_pids
 
-from helpers import (FACE_FUNCTION, PROBE, REPO, TESTDATA, Stack, copy_function, postgres_database, serve_platform,
-                      wait_until)
+from helpers import (
+    FACE_FUNCTION,
+    PROBE,
+    REPO,
+    TESTDATA,
+    Stack,
+    copy_function,
+    postgres_database,
+    serve_platform,
+    wait_until,
+)
 
 YOLO = "openvino-omz-public-yolo-v3-tf"
 FACE = "openvino-omz-intel-face-detection-0205"
@@ -108,7 +117,8 @@ def test_online_detector_call_answers_cvat_annotations(stack):
                      json={"task": task["id"], "frame": 0, "threshold": 0.1, "type": "annotate_frame", "cleanup": None})
     assert (reply["version"], reply["tags"], reply["tracks"]) == (0, [], [])
     found = Counter(shape["label_id"] for shape in reply["shapes"])
-    assert found[labels["person"]] >= 3 and found[labels["bus"]] == 1 and set(found) == set(labels.values())  # tiny: bus at 0.15
+    assert (found[labels["person"]] >= 3 and found[labels["bus"]] == 1  # tiny: bus at 0.15
+            and set(found) == set(labels.values()))
     assert {shape["frame"] for shape in reply["shapes"]} == {0}
     job = task["jobs"][1]["id"]  # frame 1
     assert stack.ok("POST", f"/api/lambda/functions/{YOLO}", json={"job": job, "frame": 1, "threshold": 0.3})["shapes"]
@@ -122,7 +132,8 @@ def test_online_detector_call_answers_cvat_annotations(stack):
                        json={"task": task["id"] + 1000, "job": job, "frame": 1}) == \
         f"job: job {job} belongs to task {task['id']}, not to task {task['id'] + 1000}"
     assert "no_such_label" in stack.error("POST", f"/api/lambda/functions/{YOLO}", 400,
-                                          json={"task": task["id"], "frame": 0, "mapping": {"person": {"name": "no_such_label"}}})
+                                          json={"task": task["id"], "frame": 0,
+                                                "mapping": {"person": {"name": "no_such_label"}}})
     assert stack.error("POST", "/api/lambda/functions/probe-interactor", 400,
                        json={"task": task["id"], "frame": 0, "pos_points": [[1, 2]]}) == "neg_points: required"
 
@@ -255,7 +266,8 @@ def test_offline_requests_refuse_bad_input_with_reasons(stack):
     assert "cleanup" in stack.error("POST", "/api/lambda/requests", 400,
                                     json={"function": YOLO, "task": task["id"], "cleanup": "yes"})
     # Nothing was started by any of these.
-    assert not [r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] in (task["id"], other["id"])]
+    assert not [r for r in stack.ok("GET", "/api/lambda/requests")
+                if r["function"]["task"] in (task["id"], other["id"])]
 
 
 def test_a_job_run_covers_its_frames_and_runs_beside_another_job(stack):
@@ -314,7 +326,7 @@ def test_cancel_stops_the_run_and_keeps_what_was_written(stack):
                                 json={"function": "probe-slow", "task": task["id"], "cleanup": True})["id"])
     assert again["status"] == "finished"
     frames = Counter(shape["frame"] for shape in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
-    assert frames == {frame: 1 for frame in range(96)}
+    assert frames == dict.fromkeys(range(96), 1)
     assert "nope" in stack.error("DELETE", "/api/lambda/requests/nope", 404)
 
 
@@ -325,7 +337,8 @@ def test_each_run_on_a_target_adds_or_cleans_like_a_new_request(stack):
     label = task["labels"][0]["id"]
 
     def run(**options) -> list[dict]:
-        rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"], **options})["id"]
+        rid = stack.ok("POST", "/api/lambda/requests",
+                       json={"function": "probe-slow", "task": task["id"], **options})["id"]
         assert stack.wait(rid)["status"] == "finished"
         return stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
 
@@ -356,7 +369,7 @@ def test_a_worker_killed_mid_chunk_costs_nothing(stack):
     stack.replace_worker(0)
     assert (request["status"], request["frames"]) == ("finished", {"total": 64, "done": 64, "failed": 0})
     frames = Counter(shape["frame"] for shape in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
-    assert frames == {frame: 1 for frame in range(64)}  # every frame once: no duplicates, none missing
+    assert frames == dict.fromkeys(range(64), 1)  # every frame once: no duplicates, none missing
 
 
 def parent(pid: int) -> int:
@@ -367,7 +380,8 @@ def test_a_function_processor_killed_mid_task_is_retried_around(stack):
     task = stack.task(THING, COCO_IMAGES[:64])
     rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
     wait_until(lambda: stack.ok("GET", f"/api/lambda/requests/{rid}")["frames"]["done"] >= 8, 60, "frames to be done")
-    reply = stack.platform.http.post("/api/function_invocations", json={}, headers={"x-nuclio-function-name": "probe-slow"})
+    reply = stack.platform.http.post("/api/function_invocations", json={},
+                                     headers={"x-nuclio-function-name": "probe-slow"})
     worker_pid = reply.json()["pid"]
     os.kill(parent(worker_pid), signal.SIGKILL)  # the platform restarts it (restartPolicy: always)
     request = stack.wait(rid, 120)
@@ -385,11 +399,15 @@ def test_tasks_frames_and_annotations_in_cvat_shapes(stack):
     task = stack.task(THING, [TESTDATA / "ultralytics/bus.jpg", TESTDATA / "skimage/astronaut.png"])
     assert (task["size"], [j["start_frame"] for j in task["jobs"]]) == (2, [0])
     assert task["id"] in {t["id"] for t in stack.ok("GET", "/api/tasks", params={"page_size": 1000})["results"]}
-    frame = stack.ok("GET", f"/api/tasks/{task['id']}/data", params={"type": "frame", "number": 1, "quality": "original"})
-    assert (frame.headers["content-type"], frame.content) == ("image/png", (TESTDATA / "skimage/astronaut.png").read_bytes())
+    frame = stack.ok("GET", f"/api/tasks/{task['id']}/data",
+                     params={"type": "frame", "number": 1, "quality": "original"})
+    assert (frame.headers["content-type"], frame.content) == \
+        ("image/png", (TESTDATA / "skimage/astronaut.png").read_bytes())
     meta = stack.ok("GET", f"/api/tasks/{task['id']}/data/meta")
-    assert [(f["name"], f["width"], f["height"]) for f in meta["frames"]] == [("bus.jpg", 810, 1080), ("astronaut.png", 512, 512)]
-    assert stack.error("GET", f"/api/tasks/{task['id']}/data", 404, params={"number": 2}) == f"task {task['id']} has no frame 2"
+    assert [(f["name"], f["width"], f["height"]) for f in meta["frames"]] == [
+        ("bus.jpg", 810, 1080), ("astronaut.png", 512, 512)]
+    assert stack.error("GET", f"/api/tasks/{task['id']}/data", 404, params={"number": 2}) == \
+        f"task {task['id']} has no frame 2"
     assert "type" in stack.error("GET", f"/api/tasks/{task['id']}/data", 400, params={"number": 0, "type": "chunk"})
 
     label = task["labels"][0]["id"]
@@ -451,11 +469,15 @@ def test_annotate_folder_with_everything_embedded(tmp_path):
     (folder / "notes.txt").write_text("not an image: skipped")
     env = {key: value for key, value in os.environ.items() if key not in ("NUCLIO_URL", "API_TOKEN")}
     env.update(DATA_DIR=str(tmp_path / "data"), REDIS_URL="redis://127.0.0.1:6379/10")
-    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+    database = redis.Redis.from_url(env["REDIS_URL"])
+    database.flushdb()
     output = tmp_path / "out.xml"
-    run = subprocess.run([sys.executable, "-m", "dispatcher", "annotate-folder", str(folder), "--function", YOLO,
-                          "--threshold", "0.3", "--format", "cvat", "-o", str(output)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        run = subprocess.run([sys.executable, "-m", "dispatcher", "annotate-folder", str(folder), "--function", YOLO,
+                              "--threshold", "0.3", "--format", "cvat", "-o", str(output)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        database.flushdb()  # its finished request would stay until its TTL
     assert run.returncode == 0, run.stderr
     assert f"wrote {output}: 8 frames annotated, 0 failed" in run.stderr
     (tmp_path / "photos/images").mkdir()

@@ -14,13 +14,13 @@ import rq
 
 from dispatcher import reid
 from dispatcher import settings as dispatcher_settings
+from dispatcher.call_slots import CallSlots
 from dispatcher.chunks import WorkerServices, run_chunk
 from dispatcher.gateway import Gateway
-from dispatcher.call_slots import CallSlots
-from dispatcher.request_book import RequestBook, Run, Target
-from dispatcher.submission import QUEUE, cancel, plan_chunks, submit
 from dispatcher.registry import Registry
+from dispatcher.request_book import RequestBook, Run, Target
 from dispatcher.store import Store
+from dispatcher.submission import QUEUE, cancel, plan_chunks, submit
 
 from helpers import PROBE, REPO, TESTDATA, copy_function, serve_platform
 
@@ -55,8 +55,8 @@ def services(platform, tmp_path):
     prefix = f"dispatcher-test-{uuid.uuid4().hex}"
     store = Store(None, tmp_path / "data", None, PIXELS)
     settings = dispatcher_settings.load({"NUCLIO_URL": platform.url})
-    yield WorkerServices(RequestBook(client, 1800, 10800, prefix), CallSlots(client, prefix=prefix), Registry(Gateway(settings)),
-                   store, retries=1, backoff=0.05)
+    yield WorkerServices(RequestBook(client, 1800, 10800, prefix), CallSlots(client, prefix=prefix),
+                         Registry(Gateway(settings)), store, retries=1, backoff=0.05)
     store.close()
     keys = list(client.scan_iter(f"{prefix}:*"))
     if keys:

@@ -3,8 +3,15 @@
 import pytest
 import yaml
 
-from dispatcher.converter import (BadFunctionOutput, LabelMapping, MappingError, TaskAttribute, TaskLabel,
-                                  build_mapping, convert)
+from dispatcher.converter import (
+    BadFunctionOutput,
+    LabelMapping,
+    MappingError,
+    TaskAttribute,
+    TaskLabel,
+    build_mapping,
+    convert,
+)
 from serverless.common.metadata import AttributeSpec, FunctionMeta, LabelSpec
 
 from helpers import FACE_FUNCTION

@@ -22,7 +22,8 @@ def platform(tmp_path_factory):
     copy_function(PROBE, tree / "probe")
     copy_function(PROBE, tree / "broken", **{"metadata.name": "probe-init-fails",
                                              "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "no weights"}]})
-    copy_function(PROBE, tree / "invalid", **{"metadata.name": "probe-invalid", "metadata.annotations.type": "classifier"})
+    copy_function(PROBE, tree / "invalid", **{"metadata.name": "probe-invalid",
+                                              "metadata.annotations.type": "classifier"})
     copy_function(PROBE, tree / "interactor", **{
         "metadata.name": "probe-interactor", "metadata.annotations.type": "interactor",
         "metadata.annotations.spec": "", "metadata.annotations.version": 2,
@@ -138,7 +139,8 @@ def test_bad_settings_are_refused_by_name(environ, message):
 def test_settings_defaults():
     settings = dispatcher_settings.load({})
     # Without TRACKER_STATE_KEY each process signs tracker states with a random key of its own.
-    assert len(settings.tracker_state_key) == 32 and dispatcher_settings.load({}).tracker_state_key != settings.tracker_state_key
+    assert (len(settings.tracker_state_key) == 32
+            and dispatcher_settings.load({}).tracker_state_key != settings.tracker_state_key)
     assert settings == dispatcher_settings.Settings("http://127.0.0.1:8070", False, "dashboard", "127.0.0.1", 120.0,
                                                     None, dispatcher_settings.REPOSITORY / "data", None, 100_000_000,
                                                     "redis://127.0.0.1:6379/0", 64, 2, 0.5, 1800, 10800, None,

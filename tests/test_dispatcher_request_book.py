@@ -200,9 +200,9 @@ def test_a_long_call_keeps_its_slot(book):
                 raise InterruptedError
 
         other = CallSlots(book.redis, lease_seconds=0.3, prefix=book.prefix)
-        with pytest.raises(InterruptedError):  # the slot stayed taken for two more leases
-            with other.hold("yolo", 1, give_up_after_a_lease_and_more):
-                pass
+        # The slot stayed taken for two more leases.
+        with pytest.raises(InterruptedError), other.hold("yolo", 1, give_up_after_a_lease_and_more):
+            pass
 
 
 def test_waiting_for_a_slot_stops_when_asked(book):
@@ -211,7 +211,5 @@ def test_waiting_for_a_slot_stops_when_asked(book):
     def canceled():
         raise InterruptedError("canceled")
 
-    with slots.hold("yolo", 1):
-        with pytest.raises(InterruptedError):
-            with slots.hold("yolo", 1, canceled):
-                pass
+    with slots.hold("yolo", 1), pytest.raises(InterruptedError), slots.hold("yolo", 1, canceled):
+        pass

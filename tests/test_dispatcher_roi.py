@@ -46,6 +46,8 @@ def test_interactor_replies_come_back_in_frame_coordinates():
     assert shapes["shapes"][0]["points"] == [1, 3, 2, 1, 3, 2]
     with pytest.raises(roi.BadFunctionReply, match=r"function f answered a mask of shape \[2, 2\] for a region of 3x2"):
         roi.reply_into_frame({"mask": [[0, 0], [0, 0]]}, region, (6, 4), "f")
+    # An older interactor's polygon: its points move too.
+    assert roi.reply_into_frame([[0, 0], [2, 1]], region, (6, 4), "f") == [[2, 1], [4, 2]]
     assert roi.reply_into_frame([1, 2], region, (6, 4), "f") == [1, 2]  # not an interactor's reply: as it came
 
 

@@ -280,7 +280,8 @@ def test_server_folders_are_listed_as_cvat_share_does_and_confined_to_the_root(s
     (server_root / "inside").symlink_to(server_root / "set")
     assert store.server_files.listing("/") == [
         {"name": "inside", "type": "DIR", "mime_type": "DIR"}, {"name": "set", "type": "DIR", "mime_type": "DIR"},
-        {"name": "b.png", "type": "REG", "mime_type": "image"}, {"name": "notes.txt", "type": "REG", "mime_type": "unknown"}]
+        {"name": "b.png", "type": "REG", "mime_type": "image"},
+        {"name": "notes.txt", "type": "REG", "mime_type": "unknown"}]
     assert store.server_files.listing("set") == store.server_files.listing("/set/") == [
         {"name": "deeper", "type": "DIR", "mime_type": "DIR"}, {"name": "a.jpg", "type": "REG", "mime_type": "image"}]
     for directory, error, message in [("../", InvalidInput, "must be a folder under the server files root"),
@@ -440,9 +441,9 @@ def test_bad_annotations_are_refused_naming_the_item(store):
                     {"frame": 1, "type": "rectangle", "points": [0, 0, 1, 1]}]
     assert refused({"tracks": [{"label_id": i["car"], "shapes": track_shapes}]}) == \
         "tracks[0].shapes[1].frame: shapes of a track go in frame order, one per frame"
-    assert refused({"tracks": [{"label_id": i["car"], "shapes": [track_shapes[1], {**track_shapes[0], "type": "polygon",
-                                                                                      "points": [0, 0, 1, 1, 0, 1]}]}]}) \
-        == "tracks[0].shapes[1].type: a track keeps one shape type, rectangle"
+    assert refused({"tracks": [{"label_id": i["car"], "shapes": [
+        track_shapes[1], {**track_shapes[0], "type": "polygon", "points": [0, 0, 1, 1, 0, 1]}]}]}) == \
+        "tracks[0].shapes[1].type: a track keeps one shape type, rectangle"
     assert refused({"tracks": [{"frame": 2, "label_id": i["car"], "shapes": track_shapes[1:]}]}) == \
         "tracks[0].frame: 2 is not the frame of its first shape, 1"
     assert refused({"shapes": [{**kept, "id": kept["id"] + 1000}]}, "update") == \
@@ -484,12 +485,15 @@ def test_cleanup_happens_once_per_request(store):
     every_frame = [0, 1, 2, 3]
     store.begin_run("req", "run-1", task["id"])
 
-    assert store.write_results("req", "run-1", task["id"], {0: result(task, 0, 10), 1: result(task, 1, 11)}, every_frame)
+    assert store.write_results("req", "run-1", task["id"],
+                               {0: result(task, 0, 10), 1: result(task, 1, 11)}, every_frame)
     assert shape_points(store.get_annotations(task["id"])) == [(0, [10, 10, 20, 20]), (1, [11, 11, 21, 21])]
     # An annotator draws a box while the request runs; the later chunks must not clean it away.
     store.patch_annotations(task["id"], {"shapes": [box(task, 3, [5, 5, 6, 6])]}, "create")
-    assert not store.write_results("req", "run-1", task["id"], {2: result(task, 2, 12), 3: result(task, 3, 13)}, every_frame)
-    assert not store.write_results("req", "run-1", task["id"], {0: result(task, 0, 10), 1: result(task, 1, 11)}, every_frame)
+    assert not store.write_results("req", "run-1", task["id"],
+                                   {2: result(task, 2, 12), 3: result(task, 3, 13)}, every_frame)
+    assert not store.write_results("req", "run-1", task["id"],
+                                   {0: result(task, 0, 10), 1: result(task, 1, 11)}, every_frame)
     assert shape_points(store.get_annotations(task["id"])) == [
         (0, [10, 10, 20, 20]), (1, [11, 11, 21, 21]), (2, [12, 12, 22, 22]), (3, [5, 5, 6, 6]), (3, [13, 13, 23, 23])]
 

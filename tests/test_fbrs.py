@@ -23,8 +23,15 @@ from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
 from checkpoints import checkpoint_fixtures
-from helpers import (REPO, TESTDATA, StateDictShapes, copy_function, function_module, interactor_shapes_reply,
-                      serve_function)
+from helpers import (
+    REPO,
+    TESTDATA,
+    StateDictShapes,
+    copy_function,
+    function_module,
+    interactor_shapes_reply,
+    serve_function,
+)
 
 FBRS_FUNCTION = REPO / "serverless/pytorch/saic-vul/fbrs/nuclio"
 ASTRONAUT = TESTDATA / "skimage/astronaut.png"  # 512 x 512

@@ -32,11 +32,11 @@ net = function_module(HRNET_FUNCTION, "network")
 # coco_lvis_h18_itermask's model (RITM models/iter_mask/hrnet18_cocolvis_itermask_3p.py):
 # HRNetModel(width=18, ocr_width=64, with_aux_output=True, use_leaky_relu=True, use_rgb_conv=False,
 #            use_disks=True, norm_radius=5, with_prev_mask=True); the rest are RITM's defaults.
-SPECIFIED = dict(width=18, ocr_width=64, with_aux_output=True, use_leaky_relu=True, use_rgb_conv=False,
-                 use_disks=True, norm_radius=5, with_prev_mask=True)
-DEFAULTS = dict(small=False, backbone_lr_mult=0.1, norm_layer="torch.nn.modules.batchnorm.BatchNorm2d",
-                cpu_dist_maps=False, clicks_groups=None, binary_prev_mask=False, conv_extend=False,
-                norm_mean_std=([.485, .456, .406], [.229, .224, .225]))
+SPECIFIED = {"width": 18, "ocr_width": 64, "with_aux_output": True, "use_leaky_relu": True, "use_rgb_conv": False,
+             "use_disks": True, "norm_radius": 5, "with_prev_mask": True}
+DEFAULTS = {"small": False, "backbone_lr_mult": 0.1, "norm_layer": "torch.nn.modules.batchnorm.BatchNorm2d",
+            "cpu_dist_maps": False, "clicks_groups": None, "binary_prev_mask": False, "conv_extend": False,
+            "norm_mean_std": ([.485, .456, .406], [.229, .224, .225])}
 
 
 def ritm_config(**changes) -> dict:

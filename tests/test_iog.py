@@ -21,8 +21,15 @@ from serverless.common.interactors import Interaction
 from serverless.common.metadata import FunctionMeta
 
 from checkpoints import checkpoint_fixtures
-from helpers import (REPO, TESTDATA, StateDictShapes, copy_function, function_module, interactor_shapes_reply,
-                      serve_function)
+from helpers import (
+    REPO,
+    TESTDATA,
+    StateDictShapes,
+    copy_function,
+    function_module,
+    interactor_shapes_reply,
+    serve_function,
+)
 
 IOG_FUNCTION = REPO / "serverless/pytorch/shiyinzhang/iog/nuclio"
 CHELSEA = TESTDATA / "skimage/chelsea.png"  # 451 x 300 (W x H)

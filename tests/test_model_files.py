@@ -81,9 +81,11 @@ def test_a_web_page_is_refused_where_no_checksum_would_catch_it(tmp_path):
     # IOG's official file lives on Google Drive, which answers large downloads with an HTML page.
     source = tmp_path / "source" / "iog"
     source.mkdir(parents=True)
-    (source / "IOG_PASCAL_SBD.pth").write_text("\n  <!DOCTYPE html><html><title>Google Drive - Virus scan warning</title>")
+    (source / "IOG_PASCAL_SBD.pth").write_text("\n  <!DOCTYPE html><html>"
+                                               "<title>Google Drive - Virus scan warning</title>")
     problems, _ = model_files.mirror(tmp_path / "source", ["iog"], tmp_path / "models")
-    assert problems == [f"{source / 'IOG_PASCAL_SBD.pth'}: IOG_PASCAL_SBD.pth: got a web page (HTML), not the model file"]
+    assert problems == [
+        f"{source / 'IOG_PASCAL_SBD.pth'}: IOG_PASCAL_SBD.pth: got a web page (HTML), not the model file"]
     assert not list((tmp_path / "models" / "iog").iterdir())  # nothing installed, no temporary left
     # An OpenVINO IR's .xml is XML, not a web page: it passes.
     (tmp_path / "source" / "dextr").mkdir()

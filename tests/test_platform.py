@@ -9,8 +9,7 @@ import pytest
 
 from serverless.runtime.platform import UnknownFunctions, discover, load_functions
 
-from helpers import (FACE_FUNCTION, PROBE, TESTDATA, b64_file, copy_function, serve_function, serve_platform,
-                      wait_until)
+from helpers import FACE_FUNCTION, PROBE, TESTDATA, b64_file, copy_function, serve_function, serve_platform, wait_until
 
 FACE = "openvino-omz-intel-face-detection-0205"
 
@@ -22,7 +21,8 @@ def platform(tmp_path_factory, face_models):
     # The same real function with its weights missing: MODELS_DIR points at an empty directory.
     empty = tmp_path_factory.mktemp("no-models")
     copy_function(FACE_FUNCTION, tree / "openvino/face-missing/nuclio",
-                  **{"metadata.name": "face-without-weights", "spec.env": [{"name": "MODELS_DIR", "value": str(empty)}]})
+                  **{"metadata.name": "face-without-weights",
+                     "spec.env": [{"name": "MODELS_DIR", "value": str(empty)}]})
     copy_function(PROBE, tree / "test/probe/nuclio")
     copy_function(PROBE, tree / "test/broken/nuclio", **{"metadata.name": "probe-init-fails",
                   "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "cannot load"}]})
@@ -61,7 +61,8 @@ def test_get_one_function_and_404(platform):
 
 
 def test_invocation_through_the_dashboard(platform):
-    reply = platform.http.post("/api/function_invocations", json={"image": b64_file(TESTDATA / "skimage/astronaut.png")},
+    reply = platform.http.post("/api/function_invocations",
+                               json={"image": b64_file(TESTDATA / "skimage/astronaut.png")},
                                headers={"x-nuclio-function-name": FACE, "x-nuclio-path": "/",
                                         "x-nuclio-invoke-timeout": "120s"})
     assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
@@ -71,7 +72,8 @@ def test_invocation_through_the_dashboard(platform):
 
 def test_function_port_answers_directly_too(platform):
     port = platform.http.get(f"/api/functions/{FACE}").json()["status"]["httpPort"]
-    reply = platform.http.post(f"http://127.0.0.1:{port}/", json={"image": b64_file(TESTDATA / "skimage/astronaut.png")})
+    reply = platform.http.post(f"http://127.0.0.1:{port}/",
+                               json={"image": b64_file(TESTDATA / "skimage/astronaut.png")})
     assert reply.status_code == 200 and len(reply.json()) == 1
 
 
@@ -119,7 +121,8 @@ def test_only_the_functions_asked_for_are_loaded(tmp_path):
     copy_function(PROBE, tmp_path / "a/nuclio")
     copy_function(PROBE, tmp_path / "b/nuclio", **{"metadata.name": "other-probe"})
     assert list(load_functions(tmp_path, only={"other-probe"})) == ["other-probe"]
-    with pytest.raises(UnknownFunctions, match="no function named nope under .*; there are: other-probe, runtime-probe"):
+    with pytest.raises(UnknownFunctions,
+                       match="no function named nope under .*; there are: other-probe, runtime-probe"):
         load_functions(tmp_path, only={"nope", "runtime-probe"})
 
 
@@ -127,22 +130,22 @@ def test_remote_functions_are_listed_followed_and_forwarded_to(tmp_path):
     """docker compose: each function in a container of its own, the platform only lists and forwards."""
     copy_function(PROBE, tmp_path / "probe/nuclio")
     copy_function(PROBE, tmp_path / "other/nuclio", **{"metadata.name": "other-probe"})
-    with serve_function(tmp_path / "probe/nuclio") as function:
-        with serve_platform(tmp_path, extra=("--remote", f"runtime-probe={function.url}")) as platform:
-            listed = platform.get_json("/api/functions")
-            assert list(listed) == ["runtime-probe"]  # only the named functions
-            status = listed["runtime-probe"]["status"]
-            assert status["state"] == "ready" and status["httpPort"] == int(function.url.rsplit(":", 1)[1])
-            reply = platform.http.post("/api/function_invocations", json={"probe": "echo"},
-                                       headers={"x-nuclio-function-name": "runtime-probe", "x-nuclio-path": "/"})
-            assert reply.status_code == 200, reply.text
-            function.close()  # the container goes away: the platform says so, and refuses calls
-            wait_until(lambda: platform.get_json("/api/functions/runtime-probe")["status"]["state"] == "error", 15,
-                       "the platform to notice")
-            assert "cannot reach" in platform.get_json("/api/functions/runtime-probe")["status"]["message"]
-            refused = platform.http.post("/api/function_invocations", json={},
-                                         headers={"x-nuclio-function-name": "runtime-probe"})
-            assert refused.status_code == 503
+    with (serve_function(tmp_path / "probe/nuclio") as function,
+          serve_platform(tmp_path, extra=("--remote", f"runtime-probe={function.url}")) as platform):
+        listed = platform.get_json("/api/functions")
+        assert list(listed) == ["runtime-probe"]  # only the named functions
+        status = listed["runtime-probe"]["status"]
+        assert status["state"] == "ready" and status["httpPort"] == int(function.url.rsplit(":", 1)[1])
+        reply = platform.http.post("/api/function_invocations", json={"probe": "echo"},
+                                   headers={"x-nuclio-function-name": "runtime-probe", "x-nuclio-path": "/"})
+        assert reply.status_code == 200, reply.text
+        function.close()  # the container goes away: the platform says so, and refuses calls
+        wait_until(lambda: platform.get_json("/api/functions/runtime-probe")["status"]["state"] == "error", 15,
+                   "the platform to notice")
+        assert "cannot reach" in platform.get_json("/api/functions/runtime-probe")["status"]["message"]
+        refused = platform.http.post("/api/function_invocations", json={},
+                                     headers={"x-nuclio-function-name": "runtime-probe"})
+        assert refused.status_code == 503
 
 
 def test_remote_names_must_be_functions_of_the_tree(tmp_path):

@@ -29,8 +29,18 @@ from dispatcher.client import Client
 from serverless.common import sdk
 from serverless.common.sdk.interaction import serve_interaction
 
-from helpers import (ASTRONAUT, ASTRONAUT_FACE, REPO, TESTDATA, TOKEN, Stack, box_iou, copy_function, serve_platform,
-                      wait_until)
+from helpers import (
+    ASTRONAUT,
+    ASTRONAUT_FACE,
+    REPO,
+    TESTDATA,
+    TOKEN,
+    Stack,
+    box_iou,
+    copy_function,
+    serve_platform,
+    wait_until,
+)
 
 FUNCTIONS = Path(__file__).with_name("functions")
 SHAPES_FILE = FUNCTIONS / "sdk-detector/shapes.py"
@@ -387,6 +397,9 @@ def test_tracking_through_the_dispatcher_with_signed_states(stack, tmp_path):
     assert started["shapes"] == [face]
     tracked = stack.ok("POST", path, json={"task": task["id"], "frame": 1, "states": started["states"]})
     assert tracked["shapes"] == [{"type": "rectangle", "points": [182, 57, 262, 147]}]
+    # Older clients and CVAT's own tests start with a bare [x1, y1, x2, y2]: the same rectangle.
+    bare = stack.ok("POST", path, json={"task": task["id"], "frame": 0, "shapes": [face["points"]]})
+    assert bare["shapes"] == [face] and len(bare["states"]) == 1
 
     (state,) = started["states"]
     payload, timestamp, signature = state.split(".")

@@ -266,10 +266,12 @@ def test_upload_task_annotate_view_and_detect(page, stack):
         const want = [...probe.getImageData(0, 0, 1, 1).data.slice(0, 3)];
         const canvas = document.querySelector('canvas');
         const [x1, y1, x2, y2] = shape.points;
-        const got = [...canvas.getContext('2d').getImageData(Math.round(x1), Math.round((y1 + y2) / 2), 1, 1).data.slice(0, 3)];
+        const got = [...canvas.getContext('2d')
+            .getImageData(Math.round(x1), Math.round((y1 + y2) / 2), 1, 1).data.slice(0, 3)];
         return {want, got};
     }""", [first])
-    assert np.abs(np.subtract(drawn["want"], drawn["got"])).max() <= 2, drawn  # the box's left edge, in its label colour
+    # The box's left edge, in its label colour.
+    assert np.abs(np.subtract(drawn["want"], drawn["got"])).max() <= 2, drawn
     shoot(page, "viewer")
 
     heading = page.get_by_role("heading", level=1)
@@ -388,7 +390,7 @@ def test_interactor_box_clicks_and_save(page, stack):
     area = sum(runs[1::2])
     assert area > 0.2 * (right - left + 1) * (bottom - top + 1)
     # Inside the drawn box (corners rounded to pixels), and the negative point stayed out.
-    assert 58 <= left and 18 <= top and right <= 412 and bottom <= 297
+    assert left >= 58 and top >= 18 and right <= 412 and bottom <= 297
     mask = np.repeat(np.arange(len(runs)) % 2, runs).reshape(bottom - top + 1, right - left + 1)
     assert not (left <= 400 <= right and top <= 40 <= bottom and mask[40 - top, 400 - left])
     shoot(page, "viewer-saved-mask")
@@ -476,7 +478,8 @@ def test_masks_polygons_and_cleanup_options(page, stack):
     sign_in(page, stack, f"#/tasks/{task['id']}")
 
     def stored():
-        return sorted((s["type"], s["source"]) for s in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
+        return sorted((s["type"], s["source"])
+                      for s in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
 
     run_dialog(page, stack, task, "probe-masks")
     assert stored() == [("mask", "auto"), ("mask", "auto"), ("rectangle", "manual")]
@@ -485,7 +488,8 @@ def test_masks_polygons_and_cleanup_options(page, stack):
 
     run_dialog(page, stack, task, "probe-masks", polygons=True)
     assert stored() == [("mask", "auto")] * 2 + [("polygon", "auto")] * 2 + [("rectangle", "manual")]
-    polygon = next(s for s in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"] if s["type"] == "polygon")
+    polygon = next(s for s in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
+                   if s["type"] == "polygon")
     xs, ys = polygon["points"][0::2], polygon["points"][1::2]
     assert (min(xs), min(ys), max(xs), max(ys)) == (5, 5, 24, 14)  # the mask's outline
 
@@ -645,7 +649,8 @@ def test_viewer_region_with_detect_and_an_interactor(page, stack, tmp_path):
     expect(objects).to_have_count(len(shapes) + 1)
     mask = next(s for s in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"] if s["type"] == "mask")
     left, top, right, bottom = mask["points"][-4:]  # inclusive
-    assert region[0] <= left and region[1] <= top and right < region[2] and bottom < region[3], (mask["points"][-4:], region)
+    assert region[0] <= left and region[1] <= top and right < region[2] and bottom < region[3], \
+        (mask["points"][-4:], region)
     assert sum(mask["points"][:-4][1::2]) > 1000  # a real mask, not a speck
 
     page.get_by_role("button", name="Clear region").click()
@@ -802,7 +807,8 @@ UNNAMED_CONTROLS = """() => {
         return el.tagName === 'BUTTON' && el.textContent.trim() !== '';
     };
     return [...document.querySelectorAll('input, select, textarea, button, canvas, img, dialog[open], table')]
-        .filter((el) => el.getClientRects().length && !(el.tagName === 'TABLE' ? el.getAttribute('aria-label') : named(el)))
+        .filter((el) => el.getClientRects().length
+            && !(el.tagName === 'TABLE' ? el.getAttribute('aria-label') : named(el)))
         .map((el) => el.outerHTML.slice(0, 120));
 }"""
 

@@ -12,9 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from serverless.common.metadata import FunctionMeta
-
 from serverless.common import model_files
+from serverless.common.metadata import FunctionMeta
 
 from helpers import REPO, TESTDATA, b64_file, detect, function_module, serve_function
 

@@ -53,7 +53,8 @@ def encoded(image: Image.Image) -> str:
 
 @pytest.fixture(scope="module")
 def spec_names():
-    return {label.name for label in FunctionMeta.from_nuclio(yaml.safe_load((FUNCTION / "function.yaml").read_text())).labels}
+    config = yaml.safe_load((FUNCTION / "function.yaml").read_text())
+    return {label.name for label in FunctionMeta.from_nuclio(config).labels}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,8 @@ def test_spec_is_cvats_80_yolo_labels_in_both_builds():
     assert specs[0] == specs[1]
     assert [(label.id, label.name, label.type) for label in specs[0]] == [
         (index, name, "rectangle") for index, name in enumerate(CVAT_YOLO_LABELS)]
-    assert {"motorbike", "aeroplane", "sofa", "pottedplant", "diningtable", "tvmonitor"} <= {l.name for l in specs[0]}
+    assert {"motorbike", "aeroplane", "sofa", "pottedplant", "diningtable", "tvmonitor"} <= {
+        label.name for label in specs[0]}
 
 
 def test_bus_and_three_people_on_bus_jpg(yolov7, spec_names):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def cvat_xml(task: dict, meta: list[dict], data: dict) -> str:
         original_size = ET.SubElement(xml_task, "original_size")
         ET.SubElement(original_size, "width").text = str(meta[0]["width"])
         ET.SubElement(original_size, "height").text = str(meta[0]["height"])
-    ET.SubElement(xml_meta, "dumped").text = iso(datetime.now(timezone.utc))
+    ET.SubElement(xml_meta, "dumped").text = iso(datetime.now(UTC))
 
     # Per image as CVAT writes it: shapes from the lowest z_order up, then tags.
     by_frame: dict[int, list[tuple[str, dict]]] = {}

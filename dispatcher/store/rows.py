@@ -3,7 +3,7 @@ and annotation rows, in batches small enough for any database."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import func, insert, select, update
 
@@ -83,5 +83,5 @@ def batches(values: list) -> list[list]:
 
 def iso(moment: datetime) -> str:
     if moment.tzinfo is None:  # SQLite keeps no time zone; every moment stored is UTC
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePath
 
 from sqlalchemy import Table, delete, func, insert, or_, select, text, update
@@ -21,13 +21,40 @@ from dispatcher import tracks
 from dispatcher.converter import TaskAttribute, TaskLabel
 from dispatcher.store import exports
 from dispatcher.store.errors import InvalidInput, NotFound, StaleRun
-from dispatcher.store.rows import (batches, insert_items, insert_labels, iso, labeled_data, rectangles_on,
-                                       task_row, task_size, update_jobs)
+from dispatcher.store.rows import (
+    batches,
+    insert_items,
+    insert_labels,
+    iso,
+    labeled_data,
+    rectangles_on,
+    task_row,
+    task_size,
+    update_jobs,
+)
 from dispatcher.store.server_files import ServerFiles
-from dispatcher.store.tables import (annotations, attributes, frames, jobs, labels, metadata, open_engine,
-                                         request_frames, request_runs, requests_cleanup, tasks)
-from dispatcher.store.validation import (CHECKS, TaskContext, checked_data, checked_labels, checked_track,
-                                             image_size, item_ids)
+from dispatcher.store.tables import (
+    annotations,
+    attributes,
+    frames,
+    jobs,
+    labels,
+    metadata,
+    open_engine,
+    request_frames,
+    request_runs,
+    requests_cleanup,
+    tasks,
+)
+from dispatcher.store.validation import (
+    CHECKS,
+    TaskContext,
+    checked_data,
+    checked_labels,
+    checked_track,
+    image_size,
+    item_ids,
+)
 
 PATCH_ACTIONS = ("create", "update", "delete")
 
@@ -66,7 +93,7 @@ class Store:
         checked = checked_labels(labels)
         with self._engine.begin() as connection:
             task_id = connection.execute(insert(tasks).values(
-                name=name, segment_size=segment_size, created_date=datetime.now(timezone.utc))).inserted_primary_key[0]
+                name=name, segment_size=segment_size, created_date=datetime.now(UTC))).inserted_primary_key[0]
             insert_labels(connection, task_id, checked, parent_id=None)
         return self.get_task(task_id)
 

@@ -96,7 +96,7 @@ class TaskContext:
             self.attribute_ids[row.label_id].add(row.id)
 
     @classmethod
-    def load(cls, connection, task_id: int) -> "TaskContext":
+    def load(cls, connection, task_id: int) -> TaskContext:
         task_row(connection, task_id)
         label_rows = connection.execute(select(labels.c.id, labels.c.type, labels.c.parent_id)
                                         .where(labels.c.task_id == task_id)).all()
@@ -216,7 +216,9 @@ def _checked_shape(item, where: str, context: TaskContext, skeleton: int | None 
 def _checked_mask(points, where: str) -> list[int]:
     """CVAT's mask RLE (§4.7): run lengths from a background run, then the inclusive box. Whole
     floats are taken as the integers they are: CVAT keeps points as floats, and cvat-sdk sends 72.0."""
-    whole = (lambda v: is_int(v) or (isinstance(v, float) and v.is_integer()))
+    def whole(v) -> bool:
+        return is_int(v) or (isinstance(v, float) and v.is_integer())
+
     if not isinstance(points, list) or len(points) < 5 or not all(whole(v) and v >= 0 for v in points):
         raise InvalidInput(f"{where}.points: a mask is run lengths followed by xtl, ytl, xbr, ybr, "
                            "all non-negative integers")

@@ -21,7 +21,10 @@ def letterbox(rgb: np.ndarray, size: tuple[int, int], *, pad_value: int = 114,
     ratio = min(target_h / height, target_w / width)
     # At least one pixel: a 5000x3 frame must not round a side away (cv2.resize refuses 0).
     new_w, new_h = max(1, int(round(width * ratio))), max(1, int(round(height * ratio)))
-    resized = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (width, height) else rgb
+    if (new_w, new_h) != (width, height):
+        resized = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    else:
+        resized = rgb
     pad_x, pad_y = ((target_w - new_w) / 2, (target_h - new_h) / 2) if center else (0.0, 0.0)
     left, top = int(round(pad_x - 0.1)), int(round(pad_y - 0.1))
     canvas = np.full((target_h, target_w, rgb.shape[2]), pad_value, dtype=rgb.dtype)
@@ -55,8 +58,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_candida
     while order.size:
         best, rest = order[0], order[1:]
         keep.append(best)
-        width = np.clip(np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0]), 0, None)
-        height = np.clip(np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1]), 0, None)
+        width = np.clip(np.minimum(boxes[best, 2], boxes[rest, 2]) - np.maximum(boxes[best, 0], boxes[rest, 0]),
+                        0, None)
+        height = np.clip(np.minimum(boxes[best, 3], boxes[rest, 3]) - np.maximum(boxes[best, 1], boxes[rest, 1]),
+                         0, None)
         inter = width * height
         union = areas[best] + areas[rest] - inter
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)

@@ -41,7 +41,7 @@ class LabelSpec:
     type: str = "any"
     id: int | None = None
     attributes: tuple[AttributeSpec, ...] = ()
-    sublabels: tuple["LabelSpec", ...] = ()
+    sublabels: tuple[LabelSpec, ...] = ()
     svg: str | None = None
 
 
@@ -62,7 +62,7 @@ class FunctionMeta:
     supported_shape_types: tuple[str, ...] = field(default=())
 
     @classmethod
-    def from_nuclio(cls, config: dict) -> "FunctionMeta":
+    def from_nuclio(cls, config: dict) -> FunctionMeta:
         """Read a function config (a parsed function.yaml or a dashboard entry)."""
         metadata = _mapping(config.get("metadata"), "metadata")
         spec = _mapping(config.get("spec"), "spec")
@@ -91,7 +91,8 @@ class FunctionMeta:
             min_pos_points=_int_annotation(annotations, "min_pos_points", 1),
             min_neg_points=_int_annotation(annotations, "min_neg_points", -1),
             startswith_box=parse_bool(annotations.get("startswith_box", ""), "startswith_box"),
-            startswith_box_optional=parse_bool(annotations.get("startswith_box_optional", ""), "startswith_box_optional"),
+            startswith_box_optional=parse_bool(annotations.get("startswith_box_optional", ""),
+                                               "startswith_box_optional"),
             help_message=annotations.get("help_message", ""),
             animated_gif=annotations.get("animated_gif", ""),
             supported_shape_types=shape_types,

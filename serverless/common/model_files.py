@@ -184,7 +184,8 @@ def _install(source_stream, destination: Path, item: ModelFile) -> None:
         os.unlink(temporary.name)
         raise ValueError(f"{item.name}: got a web page (HTML), not the model file")
     if item.algorithm is None:
-        print(f"  note: the catalogue pins no checksum for {item.name}; sha256 {_digest(Path(temporary.name), 'sha256')}")
+        print(f"  note: the catalogue pins no checksum for {item.name}; "
+              f"sha256 {_digest(Path(temporary.name), 'sha256')}")
     os.replace(temporary.name, destination)
 
 

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                           help="serve only this function (repeatable); default: every function under the tree")
     platform.add_argument("--remote", action="append", default=[], metavar="NAME=URL", type=_remote,
                           help="this function is served at URL (its own `serve`, e.g. a container): list it, follow "
-                               "its readiness and forward calls there (repeatable); then only named functions are listed")
+                               "its readiness and forward calls there (repeatable); "
+                               "then only named functions are listed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 

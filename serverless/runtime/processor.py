@@ -43,7 +43,7 @@ class Reply:
     headers: dict | None = None
 
     @classmethod
-    def text(cls, status: int, message: str) -> "Reply":
+    def text(cls, status: int, message: str) -> Reply:
         return cls(status, message.encode())
 
 
@@ -123,7 +123,8 @@ class WorkerPool:
         try:
             first = await worker.receive()
         except (asyncio.IncompleteReadError, ConnectionError):
-            first = {"kind": "init_failed", "error": f"worker process exited during init_context (code {await process.wait()})"}
+            first = {"kind": "init_failed",
+                     "error": f"worker process exited during init_context (code {await process.wait()})"}
         if first.get("kind") != "ready":
             self._workers.discard(worker)
             await worker.stop()

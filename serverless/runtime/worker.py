@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import inspect
 import json
@@ -66,10 +67,8 @@ def _event(message: dict, trigger: nuclio_sdk.TriggerInfo) -> nuclio_sdk.Event:
     body = message["body"]
     # nuclio parses the body only for exactly this content type, and keeps the bytes if it is not JSON.
     if message["content_type"] == "application/json":
-        try:
+        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError):
             body = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            pass
     return nuclio_sdk.Event(
         body=body, content_type=message["content_type"], trigger=trigger, fields=message["fields"],
         headers=message["headers"], _id=message["id"], method=message["method"], path=message["path"],

@@ -11,9 +11,8 @@ Objects scoring below ``conf_threshold`` are left out (the tag and skeleton have
 ``create(shift=N)`` moves every shape N pixels right.
 """
 
-import numpy as np
-
 import cvat_sdk.auto_annotation as cvataa
+import numpy as np
 from cvat_sdk.attributes import number_attribute_values
 from cvat_sdk.masks import encode_mask
 from cvat_sdk.models import AttributeValRequest
@@ -43,14 +42,14 @@ class ShapesFunction:
         s = self.shift
         threshold = context.conf_threshold or 0.0
         results = []
-        if 0.9 >= threshold:
+        if threshold <= 0.9:
             results.append(cvataa.rectangle(0, [10 + s, 10, 50 + s, 40], score=0.9, attributes=[
                 AttributeValRequest(spec_id=0, value="red"), AttributeValRequest(spec_id=1, value="3"),
                 AttributeValRequest(spec_id=2, value="true")]))
-        if 0.4 >= threshold:
+        if threshold <= 0.4:
             results.append(cvataa.rectangle(0, [width / 2 + s, height / 2, width / 2 + 20 + s, height / 2 + 10],
                                             score=0.4, attributes=[AttributeValRequest(spec_id=0, value="blue")]))
-        if 0.8 >= threshold:
+        if threshold <= 0.8:
             bitmap = np.zeros((height, width), dtype=bool)
             bitmap[20:26, 60 + s:72 + s] = True
             if context.conv_mask_to_poly:

@@ -1,9 +1,8 @@
 """A cvat-sdk interaction function: a disc of radius 8 around each positive point, minus a disc
 of radius 4 around each negative point, inside the box when one is given."""
 
-import numpy as np
-
 import cvat_sdk.auto_annotation as cvataa
+import numpy as np
 from cvat_sdk.masks import encode_mask
 
 spec = cvataa.InteractionFunctionSpec(min_pos_points=1, min_neg_points=0, min_bounding_boxes=0)

@@ -2,9 +2,8 @@
 simple tracker; the state is the template and the box size."""
 
 import cv2
-import numpy as np
-
 import cvat_sdk.auto_annotation as cvataa
+import numpy as np
 
 spec = cvataa.TrackingFunctionSpec(supported_shape_types={"rectangle"})
 

@@ -5,9 +5,9 @@ Request ``{"image": <base64>, "pos_points": [[x, y], ...], "neg_points": [[x, y]
 ``{"mask": H x W}``, 0 background and 255 object.
 """
 
-from model_handler import GrabCut
-
 from serverless.common.interactors import interactor_handler
+
+from model_handler import GrabCut
 
 
 def init_context(context):

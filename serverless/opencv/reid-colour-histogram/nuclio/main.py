@@ -7,9 +7,9 @@ CVAT's person reidentification; reply: for each box of ``boxes0``, the index of 
 ``boxes1``, or -1. The matching rules are in serverless/common/reid.py.
 """
 
-from model_handler import ColourHistograms
-
 from serverless.common.reid import reid_handler
+
+from model_handler import ColourHistograms
 
 
 def init_context(context):

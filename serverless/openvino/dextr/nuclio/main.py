@@ -5,9 +5,9 @@ points), "neg_points"?, "obj_bbox"? (both unused), "threshold"?: 0..1 (default 0
 ``{"mask": H x W}`` over the whole image, 0 background and 255 object.
 """
 
-from model_handler import MIN_POS_POINTS, THRESHOLD, Dextr
-
 from serverless.common.interactors import interactor_handler
+
+from model_handler import MIN_POS_POINTS, THRESHOLD, Dextr
 
 
 def init_context(context):

@@ -35,8 +35,16 @@ from serverless.common import model_files
 from serverless.common import settings as function_settings
 from serverless.common.boxes import Box
 from serverless.common.handler import BadRequest
-from serverless.common.interactors import (Interaction, Interactor, Segmentation, gaussian_heatmap, mean_probability,
-                                           normalise_255, padded_box, paste)
+from serverless.common.interactors import (
+    Interaction,
+    Interactor,
+    Segmentation,
+    gaussian_heatmap,
+    mean_probability,
+    normalise_255,
+    padded_box,
+    paste,
+)
 from serverless.common.openvino_model import OpenVINOModel
 
 MODEL = "dextr"  # the catalogue entry

@@ -7,9 +7,9 @@ per region, carrying only that region's pixels, with its rotated box (TL, TR, BR
 ``points`` (one list per image for a batch).
 """
 
-from model_handler import TextDetector
-
 from serverless.common.handler import detector_handler
+
+from model_handler import TextDetector
 
 
 def init_context(context):

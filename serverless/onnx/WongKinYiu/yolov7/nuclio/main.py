@@ -7,10 +7,10 @@ labels (one list per image for a batch).
 
 from pathlib import Path
 
-from model_handler import YoloV7
-
 from serverless.common.handler import detector_handler
 from serverless.common.metadata import label_names
+
+from model_handler import YoloV7
 
 
 def init_context(context):

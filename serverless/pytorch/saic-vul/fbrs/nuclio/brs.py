@@ -9,9 +9,10 @@ gradient, which is how the click objective signals it is satisfied.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+
 from network import BRS_CHANNELS
 
 # CVAT's parameters (min_iou_diff, maxfun) and isegm's defaults.

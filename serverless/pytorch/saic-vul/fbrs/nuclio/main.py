@@ -4,9 +4,9 @@ Request ``{"image": <base64>, "pos_points": [[x, y], ...] (at least one), "neg_p
 "threshold"?: 0..1 (default 0.5)}``; reply ``{"mask": H x W of 0/255}`` over the whole image.
 """
 
-from model_handler import FBRS
-
 from serverless.common.interactors import interactor_handler
+
+from model_handler import FBRS
 
 
 def init_context(context):

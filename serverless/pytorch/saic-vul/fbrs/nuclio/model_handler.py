@@ -34,11 +34,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from brs import optimise_scale_bias
-from network import BRS_CHANNELS, CHECKPOINT, FbrsDeepLab, load_network
 
 from serverless.common import model_files
 from serverless.common.interactors import Interaction, Interactor, Segmentation
+
+from brs import optimise_scale_bias
+from network import BRS_CHANNELS, CHECKPOINT, FbrsDeepLab, load_network
 
 PIXEL_MEAN = (0.485, 0.456, 0.406)
 PIXEL_STD = (0.229, 0.224, 0.225)

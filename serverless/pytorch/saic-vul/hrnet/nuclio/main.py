@@ -5,9 +5,9 @@ Request ``{"image": <base64>, "pos_points": [[x, y], ...] (at least 1), "neg_poi
 is above the threshold, else 0. ``obj_bbox`` is ignored, as in CVAT.
 """
 
-from model_handler import HRNetRITM
-
 from serverless.common.interactors import interactor_handler
+
+from model_handler import HRNetRITM
 
 
 def init_context(context):

@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from network import HRNetModel, load_network
 
 from serverless.common import model_files
 from serverless.common.interactors import Interaction, Interactor, Segmentation
+
+from network import HRNetModel, load_network
 
 CHECKPOINT = "coco_lvis_h18_itermask.pth"
 

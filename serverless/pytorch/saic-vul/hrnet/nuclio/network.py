@@ -54,7 +54,7 @@ class ModelConfig:
     IGNORED = ("with_aux_output", "backbone_lr_mult", "cpu_dist_maps")
 
     @classmethod
-    def from_checkpoint(cls, config: dict, path: Path) -> "ModelConfig":
+    def from_checkpoint(cls, config: dict, path: Path) -> ModelConfig:
         if not isinstance(config, dict) or config.get("class") != MODEL_CLASS:
             found = config.get("class") if isinstance(config, dict) else config
             raise ValueError(f"{path}: 'config' must describe a {MODEL_CLASS}, got {found!r}")

@@ -6,9 +6,9 @@ Request ``{"image": <base64>, "obj_bbox": [[x1, y1], [x2, y2]] (required), "pos_
 negative clicks) never worked (docs/wire-format.md §D6).
 """
 
-from model_handler import DEFAULT_THRESHOLD, IOG
-
 from serverless.common.interactors import interactor_handler
+
+from model_handler import DEFAULT_THRESHOLD, IOG
 
 
 def init_context(context):

@@ -31,12 +31,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from network import INPUT_SIZE, load_network
 
 from serverless.common import model_files
 from serverless.common.boxes import Box
-from serverless.common.interactors import (Interaction, Interactor, Segmentation, gaussian_heatmap, mean_probability,
-                                           normalise_255, padded_box, paste)
+from serverless.common.interactors import (
+    Interaction,
+    Interactor,
+    Segmentation,
+    gaussian_heatmap,
+    mean_probability,
+    normalise_255,
+    padded_box,
+    paste,
+)
+
+from network import INPUT_SIZE, load_network
 
 CHECKPOINT = "IOG_PASCAL_SBD.pth"
 CROP_PADDING = 30  # pixels around the box, as CVAT and IOG's test (CropFromMask relax=30)

@@ -5,13 +5,14 @@ batch form ``{"images": [...]}``; reply: ``face`` rectangles with ``age``, ``gen
 ``emotion`` attributes (one list per image for a batch).
 """
 
-from model_handler import FaceDetector
-
 from serverless.common.handler import detector_handler
+
+from model_handler import FaceDetector
 
 
 def init_context(context):
-    context.logger.info("Loading face-detection-0205, age-gender-recognition-retail-0013, emotions-recognition-retail-0003")
+    context.logger.info("Loading face-detection-0205, age-gender-recognition-retail-0013, "
+                        "emotions-recognition-retail-0003")
     context.user_data.model = FaceDetector()
     context.logger.info("Models loaded")
 

@@ -7,9 +7,9 @@ reply: for each box of ``boxes0``, the index of the same person in ``boxes1``, o
 rules are in serverless/common/reid.py.
 """
 
-from model_handler import PersonReidentification
-
 from serverless.common.reid import reid_handler
+
+from model_handler import PersonReidentification
 
 
 def init_context(context):

@@ -7,9 +7,9 @@ or the batch form ``{"images": [...]}``. ``threshold`` is the pixel threshold un
 pixels, with its rotated rectangle (TL, TR, BR, BL) in ``points`` (one list per image for a batch).
 """
 
-from model_handler import LINK_THRESHOLD, PIXEL_THRESHOLD, TextDetector
-
 from serverless.common.handler import detector_handler, read_probability
+
+from model_handler import LINK_THRESHOLD, PIXEL_THRESHOLD, TextDetector
 
 
 def init_context(context):

@@ -6,11 +6,11 @@ reply: rectangles labelled with this function's own spec names.
 
 from pathlib import Path
 
-from model_handler import YoloV3
-
 from serverless.common import model_files
 from serverless.common.handler import detector_handler
 from serverless.common.metadata import label_names
+
+from model_handler import YoloV3
 
 
 def init_context(context):

@@ -5,9 +5,9 @@ batch form ``{"images": [...]}``; reply: rectangles labelled with the spec's 80 
 list per image for a batch).
 """
 
-from model_handler import RetinaNetR101
-
 from serverless.common.handler import detector_handler
+
+from model_handler import RetinaNetR101
 
 
 def init_context(context):

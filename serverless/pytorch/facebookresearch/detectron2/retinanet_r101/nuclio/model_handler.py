@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from network import ANCHOR_SIZES, ASPECT_RATIOS, NUM_CLASSES, PIXEL_MEAN_BGR, cell_anchors, load_network
 from PIL import Image
 
 from serverless.common import detections, metadata, model_files
 from serverless.common.handler import Detector
+
+from network import ANCHOR_SIZES, ASPECT_RATIOS, NUM_CLASSES, PIXEL_MEAN_BGR, cell_anchors, load_network
 
 FUNCTION_YAML = Path(__file__).with_name("function.yaml")
 CHECKPOINT = "model_final_971ab9.pkl"
