@@ -74,12 +74,13 @@ class _Matcher:
             task_attribute = task_attributes.get(attribute.name)
             attributes[attribute.id] = (self._unmatched(attribute_description) if task_attribute is None
                                         else _attribute_id(attribute, task_attribute, attribute_description))
-        task_sublabels = {sublabel["name"]: sublabel for sublabel in task_label["sublabels"]}
+        task_sublabels = {sublabel["name"]: sublabel for sublabel in task_label.get("sublabels", [])}
         sublabels = {sublabel.id: self._match(sublabel, task_sublabels.get(sublabel.name),
                                               f"sublabel {sublabel.name!r} of {description}", top=False)
                      for sublabel in getattr(label, "sublabels", [])}
         return _Target(task_label["id"], attributes, sublabels,
-                       self._expected_type(label, task_label) if top else "points", len(task_label["sublabels"]))
+                       self._expected_type(label, task_label) if top else "points",
+                       len(task_label.get("sublabels", [])))
 
     def _expected_type(self, label, task_label: dict) -> str:
         declared = label_type(label)
@@ -166,7 +167,8 @@ def annotate_task(client: Client, task_id: int, function, *, pbar: ProgressRepor
                                f"{type(function.spec).__name__}")
     labels = DetectionFunctionSpec(labels=function.spec.labels).labels  # the SDK's spec validation, again
     index = LabelIndex(labels)
-    matcher = _Matcher(labels, client.task(task_id)["labels"], allow_unmatched_labels=allow_unmatched_labels,
+    client.task(task_id)  # a missing task is named as such
+    matcher = _Matcher(labels, client.labels(task_id), allow_unmatched_labels=allow_unmatched_labels,
                        conv_mask_to_poly=conv_mask_to_poly)
     frames = client.frames_meta(task_id)["frames"]
 

@@ -29,8 +29,10 @@ import rq
 from dispatcher import reid
 from dispatcher import roi as regions
 from dispatcher import settings as dispatcher_settings
+from dispatcher.backends import open_store
 from dispatcher.call_slots import CallSlots
 from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert
+from dispatcher.cvat.store import CvatStore
 from dispatcher.gateway import Gateway, GatewayError
 from dispatcher.registry import Registry
 from dispatcher.request_book import FINAL_STATES, RequestBook
@@ -49,7 +51,7 @@ class WorkerServices:
     book: RequestBook
     slots: CallSlots
     registry: Registry
-    store: Store
+    store: Store | CvatStore
     retries: int  # further attempts after a retryable failure
     backoff: float  # seconds before the first retry, doubling after each
 
@@ -72,7 +74,7 @@ def worker_services() -> WorkerServices:
         book=RequestBook(client, settings.finished_request_ttl, settings.failed_request_ttl),
         slots=CallSlots(client),
         registry=Registry(Gateway(settings)),
-        store=Store(settings.database_url, settings.data_dir, settings.server_files_root, settings.max_image_pixels),
+        store=open_store(settings, worker=True),
         retries=settings.frame_retries,
         backoff=settings.retry_backoff,
     )
@@ -268,7 +270,8 @@ def finish_if_complete(services: WorkerServices, run: str) -> None:
         last_frame = services.store.get_task(task)["size"] - 1
         try:
             services.store.replace_with_tracks(request["id"], run, task, frames,
-                                               lambda rectangles: reid.link(rectangles, book.links(run), last_frame))
+                                               lambda rectangles: reid.link(rectangles, book.links(run), last_frame),
+                                               job_id=request["job"])
         except StaleRun as error:
             log.warning("%s", error)
             return

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import httpx
 
+PAGE_SIZE = 1000  # the most a list page holds
+
 
 class ApiError(Exception):
     def __init__(self, status: int, detail: str, what: str):
@@ -41,8 +43,25 @@ class Client:
         return response
 
     def task(self, task_id: int) -> dict:
-        """The task with its labels (ids, types, attributes, sublabels)."""
+        """The task, as CVAT's TaskRead (its labels and jobs are lists of their own)."""
         return self._request("GET", f"/api/tasks/{task_id}", f"task {task_id}").json()
+
+    def labels(self, task_id: int) -> list[dict]:
+        """The task's labels (ids, types, attributes, sublabels), every page."""
+        return self._all_pages("/api/labels", f"task {task_id} labels", task_id=task_id)
+
+    def jobs(self, task_id: int) -> list[dict]:
+        return self._all_pages("/api/jobs", f"task {task_id} jobs", task_id=task_id)
+
+    def _all_pages(self, path: str, what: str, **params) -> list[dict]:
+        """A CVAT paginated list, every page (``next`` is followed by page number, as cvat-sdk does)."""
+        results, page = [], 1
+        while True:
+            body = self._request("GET", path, what, params={**params, "page": page, "page_size": PAGE_SIZE}).json()
+            results += body["results"]
+            if not body["next"]:
+                return results
+            page += 1
 
     def frames_meta(self, task_id: int) -> dict:
         return self._request("GET", f"/api/tasks/{task_id}/data/meta", f"task {task_id} frames").json()

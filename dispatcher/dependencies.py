@@ -1,16 +1,17 @@
 """What the API's routes work with, as FastAPI dependencies: the services, built once per app, and
-the token check every router sets for all of its routes."""
+the caller, checked by every router for all of its routes (``authenticate``)."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 import redis
 import rq
 from fastapi import Depends, Request
 
-from dispatcher.errors import Unauthorized
+from dispatcher import authentication
+from dispatcher.backends import open_store
+from dispatcher.cvat.callers import Caller, CvatCallers
 from dispatcher.gateway import Gateway
 from dispatcher.registry import Registry
 from dispatcher.request_book import RequestBook
@@ -18,18 +19,18 @@ from dispatcher.settings import Settings
 from dispatcher.store import Store
 from dispatcher.submission import QUEUE
 
-AUTH_SCHEMES = ("bearer", "token")  # Token: cvat-sdk's and cvat-cli's scheme (docs/wire-format.md §9.6)
-
 
 class ApiServices:
-    """The API process's connections: nuclio, the task store, Redis and the RQ queue."""
+    """The API process's connections: nuclio, the task store (local, or a CVAT server and the
+    callers it knows), Redis and the RQ queue."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.gateway = Gateway(settings)
         self.registry = Registry(self.gateway)
-        self.store = Store(settings.database_url, settings.data_dir, settings.server_files_root,
-                           settings.max_image_pixels)
+        self.store = open_store(settings, worker=False)
+        self.callers = None if settings.cvat_url is None else CvatCallers(
+            settings.cvat_url, settings.cvat_timeout, settings.auth_cache_seconds)
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.book = RequestBook(self.redis, settings.finished_request_ttl, settings.failed_request_ttl)
         self.queue = rq.Queue(QUEUE, connection=self.redis)
@@ -37,6 +38,8 @@ class ApiServices:
     def close(self) -> None:
         self.gateway.close()
         self.store.close()
+        if self.callers is not None:
+            self.callers.close()
         self.redis.close()
 
 
@@ -64,11 +67,14 @@ Requests = Annotated[RequestBook, Depends(_book)]
 Functions = Annotated[Registry, Depends(_registry)]
 
 
-def require_token(request: Request, services: Services) -> None:
-    """With ``API_TOKEN`` set, ``Authorization: Bearer <token>`` or ``Token <token>``; else 401."""
-    expected = services.settings.api_token
-    if expected is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() not in AUTH_SCHEMES or not secrets.compare_digest(token.strip().encode(), expected.encode()):
-        raise Unauthorized()
+def authenticate(request: Request, services: Services) -> Caller | None:
+    """Fronting CVAT: the CVAT user the credentials name (CVAT's refusal otherwise). Standalone:
+    the credentials ``authentication.check`` accepts when ``API_TOKEN`` is set (401/403
+    otherwise); there are no users (None)."""
+    if services.callers is not None:
+        return services.callers.identify(request)
+    authentication.check(request, services.settings.api_token)
+    return None
+
+
+CurrentCaller = Annotated[Caller | None, Depends(authenticate)]

@@ -9,4 +9,8 @@ class BadRequest(Exception):
 
 
 class Unauthorized(Exception):
-    """401: no valid token."""
+    """401: no valid credentials; without a message, the API says which ones it takes."""
+
+
+class Forbidden(Exception):
+    """403: valid credentials, but the call is refused (a session call without its CSRF token)."""

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from dispatcher import reid, submission
 from dispatcher import roi as regions
 from dispatcher.converter import build_mapping
+from dispatcher.cvat.callers import Caller
 from dispatcher.dependencies import ApiServices
 from dispatcher.errors import BadRequest
 from dispatcher.online_calls import task_and_job
@@ -25,9 +26,10 @@ from dispatcher.store import Store
 OFFLINE_KINDS = ("detector", "reid")  # what a task-wide request can run (§D13, §9.4)
 
 
-def start(services: ApiServices, function_id: str, body: OfflineRequest | AnnotateRequest) -> dict:
+def start(services: ApiServices, function_id: str, body: OfflineRequest | AnnotateRequest,
+          caller: Caller | None = None) -> dict:
     """Check a task-wide request and submit its run; the request object (409 while an overlapping
-    target runs)."""
+    target runs). Fronting CVAT, the caller must be able to see the target, and is its owner."""
     function = services.registry.function(function_id)  # unknown: nuclio's 404; invalid: 500
     kind = function.meta.kind
     if kind not in OFFLINE_KINDS:
@@ -35,6 +37,8 @@ def start(services: ApiServices, function_id: str, body: OfflineRequest | Annota
     services.registry.check_ready(function)
     fields = {"task": body.task} if body.job is None else {"task": body.task, "job": body.job}
     task, job = task_and_job(services.store, fields)
+    if caller is not None:
+        services.callers.check_target(caller, task, job)
     frames = services.store.target_frames(task, job)
     for name, value in (("threshold", body.threshold), ("max_distance", body.max_distance)):
         if value is not None and not (math.isfinite(value) and value >= 0):
@@ -60,7 +64,9 @@ def start(services: ApiServices, function_id: str, body: OfflineRequest | Annota
     job_timeout = int(settings.chunk_size * settings.nuclio_timeout * (settings.frame_retries + 1)) + 60
     run = submission.submit(services.book, services.queue, Target(task, job), function.id, parameters, units,
                          settings.chunk_size, job_timeout, kind,
-                         begin=lambda run: services.store.begin_run(run.request_id, run.id, task))
+                         begin=lambda run: services.store.begin_run(run.request_id, run.id, task, job,
+                                                                   cleanup=parameters.get("cleanup", False)),
+                         owner=caller.owner if caller is not None else None)
     return request_object(services.book.get_run(run.id))
 
 
@@ -99,7 +105,7 @@ def request_object(record: dict) -> dict:
             "enqueued": _iso(record["enqueued"]), "started": _iso(record["started"]), "ended": _iso(record["ended"]),
             "exc_info": exc_info, "frames": record["frames"], "fps": record["fps"],
             "eta_seconds": record["eta_seconds"], "failures": record["failures"],
-            "cancel_requested": record["cancel_requested"]}
+            "cancel_requested": record["cancel_requested"], "owner": record["owner"]}
 
 
 def _canceled(record: dict) -> str:

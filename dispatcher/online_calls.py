@@ -17,6 +17,7 @@ from typing import Any
 from dispatcher import roi as regions
 from dispatcher import tracker_states
 from dispatcher.converter import BadFunctionOutput, build_mapping, convert, is_int, is_number
+from dispatcher.cvat.callers import Caller
 from dispatcher.dependencies import ApiServices
 from dispatcher.errors import BadRequest
 from dispatcher.gateway import GatewayError
@@ -25,10 +26,13 @@ from dispatcher.store import NotFound, Store
 from serverless.common.handler import BadRequest as ServerlessBadRequest
 
 
-def call(services: ApiServices, function: LambdaFunction, raw: dict) -> Any:
-    """One online call of ``function`` with CVAT's body ``raw``; the reply as the API answers it."""
+def call(services: ApiServices, function: LambdaFunction, raw: dict, caller: Caller | None = None) -> Any:
+    """One online call of ``function`` with CVAT's body ``raw``; the reply as the API answers it.
+    Fronting CVAT, the caller must be able to see the task (or job): CVAT says (§9.6)."""
     body = {key: value for key, value in raw.items() if value is not None}  # CVAT drops null keys first
     task, job = task_and_job(services.store, body)
+    if caller is not None:
+        services.callers.check_target(caller, task, job)
     kind = function.meta.kind
     extra = {}
     if "threshold" in body:  # 0 included (§D1)

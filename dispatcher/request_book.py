@@ -138,7 +138,7 @@ class RequestBook:
         return [f"{self.prefix}:running:job:{target.job}", task_key, task_jobs_key]
 
     def create(self, target: Target, function_id: str, parameters: dict, units: list[int],
-               kind: str = "detector") -> Run:
+               kind: str = "detector", owner: dict | None = None) -> Run:
         """Record a new queued run for ``units`` of ``target``; raises Conflict with CVAT's message."""
         if kind not in KINDS:
             raise ValueError(f"{kind!r} is not one of {', '.join(KINDS)}")
@@ -152,7 +152,7 @@ class RequestBook:
         record = {"request": run.request_id, "kind": kind, "function": function_id, "task": target.task,
                   "job": "" if target.job is None else target.job, "parameters": json.dumps(parameters),
                   "status": "queued", "total": len(units), "enqueued": time.time(), "started": "", "ended": "",
-                  "exc_info": "", "cancel": 0}
+                  "exc_info": "", "cancel": 0, "owner": json.dumps(owner)}
         with self.redis.pipeline() as pipe:
             pipe.hset(self._key(run.id), mapping=record)
             pipe.set(self._current_key(run.request_id), run.id)  # the previous run of this id is history
@@ -202,6 +202,7 @@ class RequestBook:
             "fps": round(fps, 2), "eta_seconds": round(remaining / fps, 1) if fps > 0 and remaining else None,
             "failures": [{"frame": unit, "reason": failures[unit]} for unit in sorted(failures)],
             "cancel_requested": raw["cancel"] == "1",
+            "owner": json.loads(raw.get("owner") or "null"),  # who asked, when callers are CVAT's users
         }
 
     def list(self) -> list[dict]:

@@ -37,6 +37,13 @@ class Settings:
     failed_request_ttl: int  # seconds a failed or canceled request stays listed (CVAT: 3 h)
     api_token: str | None  # when set, every API call needs "Authorization: Bearer <token>"
     tracker_state_key: bytes  # signs tracker states handed to clients; random per process unless set
+    # With a CVAT URL, tasks live in that CVAT and callers are CVAT's users (docs/architecture.md §11).
+    cvat_url: str | None  # None: the local task store
+    cvat_token: str | None  # the service account's API token (or key), for reading frames and writing results
+    cvat_username: str | None  # or its username and password, exchanged for a key at start
+    cvat_password: str | None
+    cvat_timeout: float  # seconds per call to CVAT
+    auth_cache_seconds: float  # how long a caller's credentials and task access, checked with CVAT, are trusted
 
 
 def load(environ: dict[str, str] | None = None) -> Settings:
@@ -52,6 +59,14 @@ def load(environ: dict[str, str] | None = None) -> Settings:
     server_files_root = Path(environ["SERVER_FILES_ROOT"]) if environ.get("SERVER_FILES_ROOT") else None
     if server_files_root is not None and not server_files_root.is_dir():
         raise ValueError(f"SERVER_FILES_ROOT={str(server_files_root)!r} is not a directory")
+    cvat_url = (environ.get("CVAT_URL") or "").rstrip("/") or None
+    if cvat_url is not None:
+        if environ.get("API_TOKEN"):
+            raise ValueError("API_TOKEN must not be set with CVAT_URL: callers then authenticate with CVAT")
+        if not environ.get("CVAT_TOKEN") and not (environ.get("CVAT_USERNAME") and environ.get("CVAT_PASSWORD")):
+            raise ValueError("CVAT_URL needs the service account's CVAT_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD")
+        if urlsplit(cvat_url).scheme not in ("http", "https"):
+            raise ValueError(f"CVAT_URL={cvat_url!r} must start with http:// or https://")
     return Settings(
         nuclio_url=nuclio_url,
         nuclio_configured=bool(environ.get("NUCLIO_URL")),
@@ -70,6 +85,12 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         failed_request_ttl=_number(environ, "FAILED_REQUEST_TTL", "10800", int, positive=True),
         api_token=environ.get("API_TOKEN") or None,
         tracker_state_key=(environ.get("TRACKER_STATE_KEY") or "").encode() or secrets.token_bytes(32),
+        cvat_url=cvat_url,
+        cvat_token=environ.get("CVAT_TOKEN") or None,
+        cvat_username=environ.get("CVAT_USERNAME") or None,
+        cvat_password=environ.get("CVAT_PASSWORD") or None,
+        cvat_timeout=_number(environ, "CVAT_TIMEOUT", "60", float, positive=True),
+        auth_cache_seconds=_number(environ, "AUTH_CACHE_SECONDS", "30", float, positive=False),
     )
 
 

@@ -26,11 +26,15 @@ def plan_chunks(units: list[int], chunk_size: int) -> list[list[int]]:
 
 def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str, parameters: dict,
            units: list[int], chunk_size: int, job_timeout: int, kind: str = "detector",
-           begin=lambda run: None) -> Run:
+           begin=lambda run: None, owner: dict | None = None) -> Run:
     """Record a run and enqueue one RQ job per chunk of its units; raises Conflict (409).
     ``begin(run)`` runs before any chunk is queued (the task store fences its writes by run)."""
-    run = book.create(target, function_id, parameters, units, kind)
-    begin(run)
+    run = book.create(target, function_id, parameters, units, kind, owner)
+    try:
+        begin(run)
+    except Exception as error:  # e.g. CVAT refused the cleanup: the run ends here, its target freed
+        book.finish(run.id, "failed", f"the run could not begin: {error}")
+        raise
     # No units (ReID on a target without pairs) is still one chunk: its worker ends the run, and a
     # ReID run's end is where rectangles become tracks.
     chunks = plan_chunks(units, chunk_size) or [[]]

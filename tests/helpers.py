@@ -224,8 +224,10 @@ def postgres_database(purpose: str):
 class Stack:
     """The API and chunk workers as processes, and an authenticated client to the API."""
 
-    def __init__(self, platform, data_dir: Path, redis_db: int, database_url: str | None, **settings: str):
+    def __init__(self, platform, data_dir: Path, redis_db: int, database_url: str | None, workers: int = 2,
+                 **settings: str):
         self.platform = platform
+        self.data_dir = data_dir
         self.redis_url = f"redis://127.0.0.1:6379/{redis_db}"
         redis.Redis.from_url(self.redis_url).flushdb()  # a database of this module's own
         self.env = {**os.environ, "NUCLIO_URL": platform.url, "REDIS_URL": self.redis_url, "DATA_DIR": str(data_dir),
@@ -233,12 +235,20 @@ class Stack:
         if database_url:
             self.env["DATABASE_URL"] = database_url
         self.env.update(settings)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.api = self._start("serve", "--port", str(port))
-        self.workers = [self._start("worker") for _ in range(2)]
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = self._start("serve", "--port", str(self.port))
+        self.workers = [self._start("worker") for _ in range(workers)]
         self.http = httpx.Client(base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
         wait_until(lambda: self._answers(), 60, "the API to answer")
+
+    def restart_api(self, down_seconds: float = 0) -> None:
+        """The API process killed outright and, ``down_seconds`` later, started again on its port."""
+        self.api.kill()
+        self.api.wait()
+        time.sleep(down_seconds)
+        self.api = self._start("serve", "--port", str(self.port))
+        wait_until(lambda: self._answers(), 60, "the API to answer again")
 
     def _start(self, *args) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "dispatcher", *args], cwd=REPO, env=self.env,
@@ -272,10 +282,30 @@ class Stack:
         return reply.json()["detail"]
 
     def task(self, labels: list[dict], images: list[Path], segment_size: int | None = None) -> dict:
+        """A new task with these frames, as ``GET /api/tasks/<id>`` answers it (CVAT's TaskRead: its
+        labels and jobs are read with ``labels`` and ``jobs``)."""
         task = self.ok("POST", "/api/tasks", 201, json={"name": "t", "labels": labels, "segment_size": segment_size})
         self.ok("POST", f"/api/tasks/{task['id']}/data", files=[
             (f"client_files[{index}]", (path.name, path.read_bytes())) for index, path in enumerate(images)])
         return self.ok("GET", f"/api/tasks/{task['id']}")
+
+    def labels(self, task_id: int) -> list[dict]:
+        """The task's labels (sublabels inside their skeletons), every page of ``GET /api/labels``."""
+        return self.pages("/api/labels", task_id=task_id)
+
+    def jobs(self, task_id: int) -> list[dict]:
+        """The task's jobs in frame order, every page of ``GET /api/jobs``."""
+        return sorted(self.pages("/api/jobs", task_id=task_id), key=lambda job: job["start_frame"])
+
+    def pages(self, path: str, page_size: int = 1000, **params) -> list[dict]:
+        """Every item of one of CVAT's paginated lists, following ``next``."""
+        results, url = [], path
+        query = {**params, "page_size": page_size}
+        while url:
+            body = self.ok("GET", url, params=query)
+            results += body["results"]
+            url, query = body["next"], None
+        return results
 
     def wait(self, request_id: str, timeout: float = 120) -> dict:
         return wait_until(lambda: (lambda r: r if r["status"] in FINAL else None)(

@@ -108,7 +108,9 @@ def test_head_answers_what_get_would_on_every_get_route(stack):
     task = upload(stack, [{"name": "thing", "type": "rectangle"}], [("a.png", png(BUS, (64, 80)))])
     rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
     stack.wait(rid)
-    values = {"task_id": task["id"], "job_id": task["jobs"][0]["id"], "function_id": YOLO, "request_id": rid}
+    (job,), (label,) = stack.jobs(task["id"]), stack.labels(task["id"])
+    values = {"task_id": task["id"], "job_id": job["id"], "label_id": label["id"], "function_id": YOLO,
+              "request_id": rid}
     paths = stack.ok("GET", "/openapi.json")["paths"]
     checked = 0
     for template, operations in paths.items():
@@ -144,7 +146,7 @@ def test_a_detector_on_a_region_finds_what_it_finds_on_the_crop_in_frame_coordin
         assert xtl <= min(xs) and max(xs) <= xbr and ytl <= min(ys) and max(ys) <= ybr
     # The same function on the crop, by hand, moved back into the frame.
     items = call_function(stack, YOLO, {"image": base64.b64encode(crop_png(frame, region)).decode(), "threshold": 0.2})
-    label_id = {label["name"]: label["id"] for label in task["labels"]}
+    label_id = {label["name"]: label["id"] for label in stack.labels(task["id"])}
     expected = sorted((label_id[item["label"]],
                        [v + (xtl if i % 2 == 0 else ytl) for i, v in enumerate(item["points"])])
                       for item in items)

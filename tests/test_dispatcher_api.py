@@ -112,7 +112,7 @@ def test_functions_are_listed_with_their_state(stack):
 def test_online_detector_call_answers_cvat_annotations(stack):
     task = stack.task([{"name": "person", "type": "rectangle"}, {"name": "bus", "type": "any"}],
                       [TESTDATA / "ultralytics/bus.jpg", TESTDATA / "ultralytics/zidane.jpg"], segment_size=1)
-    labels = {label["name"]: label["id"] for label in task["labels"]}
+    labels = {label["name"]: label["id"] for label in stack.labels(task["id"])}
     reply = stack.ok("POST", f"/api/lambda/functions/{YOLO}",
                      json={"task": task["id"], "frame": 0, "threshold": 0.1, "type": "annotate_frame", "cleanup": None})
     assert (reply["version"], reply["tags"], reply["tracks"]) == (0, [], [])
@@ -120,7 +120,7 @@ def test_online_detector_call_answers_cvat_annotations(stack):
     assert (found[labels["person"]] >= 3 and found[labels["bus"]] == 1  # tiny: bus at 0.15
             and set(found) == set(labels.values()))
     assert {shape["frame"] for shape in reply["shapes"]} == {0}
-    job = task["jobs"][1]["id"]  # frame 1
+    job = stack.jobs(task["id"])[1]["id"]  # frame 1
     assert stack.ok("POST", f"/api/lambda/functions/{YOLO}", json={"job": job, "frame": 1, "threshold": 0.3})["shapes"]
     assert stack.error("POST", f"/api/lambda/functions/{YOLO}", 400, json={"job": job, "frame": 0}) == \
         f"frame: The frame is outside the job range (1..1 of job {job})"
@@ -179,7 +179,7 @@ def test_coco128_with_yolo_end_to_end(stack, tmp_path):
     assert request["fps"] > 0 and request["ended"] >= request["started"]
 
     stored = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")
-    label_ids = {label["id"] for label in task["labels"]}
+    label_ids = {label["id"] for label in stack.labels(task["id"])}
     assert stored["shapes"] and {shape["label_id"] for shape in stored["shapes"]} <= label_ids
     assert all(shape["source"] == "auto" and shape["type"] == "rectangle" for shape in stored["shapes"])
 
@@ -187,7 +187,7 @@ def test_coco128_with_yolo_end_to_end(stack, tmp_path):
     by_frame = {}
     for shape in stored["shapes"]:
         by_frame.setdefault(shape["frame"], []).append((shape["label_id"], [round(p, 3) for p in shape["points"]]))
-    names = {label["id"]: label["name"] for label in task["labels"]}
+    names = {label["id"]: label["name"] for label in stack.labels(task["id"])}
     for frame in (0, 63, 127):
         direct = stack.platform.http.post("/api/function_invocations", headers={"x-nuclio-function-name": YOLO},
                                           json={"image": base64.b64encode(COCO_IMAGES[frame].read_bytes()).decode(),
@@ -236,7 +236,7 @@ def test_face_attributes_end_to_end_on_postgres(postgres_stack):
     assert (request["status"], request["frames"]["done"]) == ("finished", 32)
     shapes = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
     assert Counter(shape["frame"] for shape in shapes)[0] >= 20
-    specs = {a["id"]: a for a in task["labels"][0]["attributes"]}
+    specs = {a["id"]: a for a in stack.labels(task["id"])[0]["attributes"]}
     for shape in shapes:
         values = {specs[a["spec_id"]]["name"]: a["value"] for a in shape["attributes"]}
         assert values.keys() == {"age", "gender", "emotion"}
@@ -258,9 +258,10 @@ def test_offline_requests_refuse_bad_input_with_reasons(stack):
     assert stack.error("POST", "/api/lambda/requests", 400, json={"function": YOLO, "task": task["id"] + 1000}) == \
         f"task {task['id'] + 1000} does not exist"
     other = stack.task(THING, [TESTDATA / "ultralytics/bus.jpg"])
+    (job,) = stack.jobs(task["id"])
     assert stack.error("POST", "/api/lambda/requests", 400,
-                       json={"function": YOLO, "task": other["id"], "job": task["jobs"][0]["id"]}) == \
-        f"job: job {task['jobs'][0]['id']} belongs to task {task['id']}, not to task {other['id']}"
+                       json={"function": YOLO, "task": other["id"], "job": job["id"]}) == \
+        f"job: job {job['id']} belongs to task {task['id']}, not to task {other['id']}"
     assert "no_such_label" in stack.error("POST", "/api/lambda/requests", 400, json={
         "function": YOLO, "task": task["id"], "mapping": {"person": {"name": "no_such_label"}}})
     assert "cleanup" in stack.error("POST", "/api/lambda/requests", 400,
@@ -272,7 +273,7 @@ def test_offline_requests_refuse_bad_input_with_reasons(stack):
 
 def test_a_job_run_covers_its_frames_and_runs_beside_another_job(stack):
     task = stack.task(THING, COCO_IMAGES[:6], segment_size=3)
-    first, second = (job["id"] for job in task["jobs"])
+    first, second = (job["id"] for job in stack.jobs(task["id"]))
     runs = [stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"], "job": job})
             for job in (first, second)]  # two jobs of one task at once (CVAT defect, §D12)
     assert runs[0]["id"] == f"action=autoannotate&target=job&target_id={first}"
@@ -334,7 +335,7 @@ def test_each_run_on_a_target_adds_or_cleans_like_a_new_request(stack):
     """CVAT's request ids repeat per target; a finished run's shapes become the task's own, so a
     rerun without cleanup adds to them (as in CVAT) and every run with cleanup cleans again."""
     task = stack.task(THING, COCO_IMAGES[:4])
-    label = task["labels"][0]["id"]
+    label = stack.labels(task["id"])[0]["id"]
 
     def run(**options) -> list[dict]:
         rid = stack.ok("POST", "/api/lambda/requests",
@@ -397,7 +398,7 @@ def test_a_function_processor_killed_mid_task_is_retried_around(stack):
 
 def test_tasks_frames_and_annotations_in_cvat_shapes(stack):
     task = stack.task(THING, [TESTDATA / "ultralytics/bus.jpg", TESTDATA / "skimage/astronaut.png"])
-    assert (task["size"], [j["start_frame"] for j in task["jobs"]]) == (2, [0])
+    assert (task["size"], [j["start_frame"] for j in stack.jobs(task["id"])]) == (2, [0])
     assert task["id"] in {t["id"] for t in stack.ok("GET", "/api/tasks", params={"page_size": 1000})["results"]}
     frame = stack.ok("GET", f"/api/tasks/{task['id']}/data",
                      params={"type": "frame", "number": 1, "quality": "original"})
@@ -408,9 +409,11 @@ def test_tasks_frames_and_annotations_in_cvat_shapes(stack):
         ("bus.jpg", 810, 1080), ("astronaut.png", 512, 512)]
     assert stack.error("GET", f"/api/tasks/{task['id']}/data", 404, params={"number": 2}) == \
         f"task {task['id']} has no frame 2"
-    assert "type" in stack.error("GET", f"/api/tasks/{task['id']}/data", 400, params={"number": 0, "type": "chunk"})
+    assert "type" in stack.error("GET", f"/api/tasks/{task['id']}/data", 400, params={"number": 0, "type": "preview"})
+    assert stack.error("GET", f"/api/tasks/{task['id']}/data", 400, params={"number": 1, "type": "chunk"}) == \
+        f"number: task {task['id']} has chunks 0..0 of 32 frames, not chunk 1"
 
-    label = task["labels"][0]["id"]
+    label = stack.labels(task["id"])[0]["id"]
     shape = {"frame": 1, "label_id": label, "type": "rectangle", "points": [1, 2, 30, 40], "attributes": []}
     stored = stack.ok("PUT", f"/api/tasks/{task['id']}/annotations", json={"version": 0, "tags": [], "tracks": [],
                                                                           "shapes": [shape]})

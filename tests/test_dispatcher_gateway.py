@@ -144,9 +144,19 @@ def test_settings_defaults():
     assert settings == dispatcher_settings.Settings("http://127.0.0.1:8070", False, "dashboard", "127.0.0.1", 120.0,
                                                     None, dispatcher_settings.REPOSITORY / "data", None, 100_000_000,
                                                     "redis://127.0.0.1:6379/0", 64, 2, 0.5, 1800, 10800, None,
-                                                    settings.tracker_state_key)
+                                                    settings.tracker_state_key, None, None, None, None, 60.0, 30.0)
     assert dispatcher_settings.load({"TRACKER_STATE_KEY": "shared"}).tracker_state_key == b"shared"
     assert dispatcher_settings.load({"NUCLIO_URL": "http://nuclio:8070/"}).nuclio_function_host == "nuclio"
+    # Fronting CVAT: a service account, and no API_TOKEN (callers are CVAT's users).
+    fronting = dispatcher_settings.load({"CVAT_URL": "http://cvat:8080/", "CVAT_TOKEN": "k", "CVAT_TIMEOUT": "5"})
+    assert (fronting.cvat_url, fronting.cvat_token, fronting.cvat_timeout) == ("http://cvat:8080", "k", 5.0)
+    for environ, message in [({"CVAT_URL": "http://cvat:8080"}, "CVAT_URL needs the service account's CVAT_TOKEN"),
+                             ({"CVAT_URL": "http://cvat:8080", "CVAT_USERNAME": "bot"}, "CVAT_URL needs"),
+                             ({"CVAT_URL": "http://cvat", "CVAT_TOKEN": "k", "API_TOKEN": "t"},
+                              "API_TOKEN must not be set with CVAT_URL"),
+                             ({"CVAT_URL": "cvat:8080", "CVAT_TOKEN": "k"}, "must start with http")]:
+        with pytest.raises(ValueError, match=message):
+            dispatcher_settings.load(environ)
     # Bare PostgreSQL URLs mean psycopg 3, the driver the project installs.
     assert dispatcher_settings.load({"DATABASE_URL": "postgresql://db/tasks"}).database_url == \
         "postgresql+psycopg://db/tasks"

@@ -9,6 +9,7 @@ import json
 import shutil
 import threading
 import xml.etree.ElementTree as ET
+from datetime import datetime
 
 import datumaro
 import numpy as np
@@ -165,6 +166,14 @@ def test_bad_tasks_are_refused_naming_the_field(store):
     assert refused("t", [{"name": "car", "attributes": [{"name": "color", "input_type": "text",
                                                          "mutable": "yes"}]}]).startswith(
         "labels[0] ('car').attributes[0] ('color').mutable:")
+    # CVAT's column sizes, which cvat-sdk checks when it reads a label back.
+    assert refused("t", [{"name": "c" * 65}]) == \
+        f"labels[0] ({'c' * 65!r}).name: at most 64 characters (CVAT's limit), got 65"
+    assert refused("t", [{"name": "car", "attributes": [{"name": "a" * 65, "input_type": "text"}]}]).endswith(
+        ".name: at most 64 characters (CVAT's limit), got 65")
+    assert refused("t", [{"name": "car", "attributes": [{"name": "a", "input_type": "text",
+                                                         "default_value": "x" * 129}]}]) == \
+        "labels[0] ('car').attributes[0] ('a').default_value: at most 128 characters (CVAT's limit), got 129"
     assert store.list_tasks() == []
 
 
@@ -727,3 +736,110 @@ def test_store_settings_are_read_and_checked(tmp_path):
     # No database URL: SQLite in the data directory.
     Store(None, tmp_path / "data", None, PIXELS).close()
     assert (tmp_path / "data" / "dispatcher.sqlite3").is_file()
+
+
+# What CVAT's REST shapes need of the store (docs/wire-format.md §3.9)
+
+def moment(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_updated_date_follows_every_change_and_data_updated_date_the_frames(store):
+    """cvat-sdk keeps a task's labels, frames and annotations in a local cache until the task's
+    updated_date moves, so every write must move it; data/meta's chunks_updated_date moves with
+    the frames only."""
+    task = store.create_task("streets", LABELS)
+    assert task["created_date"] == task["updated_date"] == task["data_updated_date"]
+    dates = [task["updated_date"]]
+
+    def changed(frames: bool) -> dict:
+        now = store.get_task(task["id"])
+        assert moment(now["updated_date"]) > moment(dates[-1])
+        assert (now["data_updated_date"] == now["updated_date"]) is frames
+        dates.append(now["updated_date"])
+        return now
+
+    store.add_frames(task["id"], [(path.name, path.read_bytes()) for path in COCO_IMAGES])
+    with_frames = changed(frames=True)
+    store.put_annotations(task["id"], {"shapes": [box(with_frames, 0, [1, 2, 3, 4])]})
+    changed(frames=False)
+    new_box = box(with_frames, 1, [1, 2, 3, 4])
+    (created,) = store.patch_annotations(task["id"], {"shapes": [new_box]}, "create")["shapes"]
+    changed(frames=False)
+    store.patch_annotations(task["id"], {"shapes": [{**created, "points": [2, 2, 4, 4]}]}, "update")
+    changed(frames=False)
+    store.patch_annotations(task["id"], {"shapes": [{"id": created["id"]}]}, "delete")
+    changed(frames=False)
+    store.delete_annotations(task["id"])
+    changed(frames=False)
+    store.begin_run("req", "run", task["id"])
+    store.write_results("req", "run", task["id"], {0: result(with_frames, 0, 1)}, cleanup_frames=None)
+    latest = changed(frames=False)
+    store.get_annotations(task["id"])
+    store.list_tasks()
+    assert store.get_task(task["id"]) == latest  # reading changes nothing
+    assert latest["data_updated_date"] == with_frames["data_updated_date"]
+
+
+def test_a_database_from_before_the_dates_gets_them_filled(store):
+    """metadata.create_all adds no columns: the store adds them to an existing database, filled
+    with the task's created_date, and keeps working with it."""
+    task = new_task(store, frames=COCO_IMAGES[:1])
+    url = store._engine.url.render_as_string(hide_password=False)
+    url = None if url.startswith("sqlite") else url
+    with store._engine.begin() as connection:
+        for column in ("updated_date", "data_updated_date"):
+            connection.exec_driver_sql(f"ALTER TABLE tasks DROP COLUMN {column}")
+    reopened = Store(url, store.data_dir, None, PIXELS)
+    try:
+        migrated = reopened.get_task(task["id"])
+        assert migrated["updated_date"] == migrated["data_updated_date"] == task["created_date"]
+        assert {key: migrated[key] for key in task if "date" not in key} == \
+            {key: task[key] for key in task if "date" not in key}
+        reopened.put_annotations(task["id"], {"shapes": [box(task, 0, [1, 2, 3, 4])]})
+        assert moment(reopened.get_task(task["id"])["updated_date"]) > moment(task["created_date"])
+        Store(url, store.data_dir, None, PIXELS).close()  # a second start finds nothing to add
+    finally:
+        reopened.close()
+
+
+def test_a_jobs_annotations_are_written_on_its_frames_only(store):
+    task = new_task(store, segment_size=2)  # jobs: frames 0-1 and 2-3
+    first, second = (job["id"] for job in task["jobs"])
+    track = {"frame": 0, "label_id": ids(task)["thing"], "shapes": [
+        {"frame": 0, "type": "rectangle", "points": [1, 1, 5, 5]},
+        {"frame": 3, "type": "rectangle", "points": [2, 2, 6, 6]}]}
+    store.put_annotations(task["id"], {"shapes": [box(task, 0, [1, 1, 2, 2]), box(task, 2, [2, 2, 3, 3])],
+                                       "tracks": [track]})
+    with pytest.raises(InvalidInput) as refused:
+        store.put_annotations(task["id"], {"shapes": [box(task, 2, [0, 0, 1, 1]), box(task, 1, [0, 0, 1, 1])]},
+                              job_id=second)
+    assert str(refused.value) == f"shapes[1].frame: 1 is outside job {second} (frames 2..3)"
+    with pytest.raises(InvalidInput, match=rf"tracks\[0\].shapes\[1\].frame: 3 is outside job {first} "):
+        store.patch_annotations(task["id"], {"tracks": [track]}, "create", job_id=first)
+
+    # The job's annotations are replaced: its shapes, and the track that runs through it.
+    stored = store.put_annotations(task["id"], {"shapes": [box(task, 3, [3, 3, 4, 4])]}, job_id=second)
+    everything = store.get_annotations(task["id"])
+    assert shape_points(everything) == [(0, [1, 1, 2, 2]), (3, [3, 3, 4, 4])] and everything["tracks"] == []
+    assert store.get_annotations(task["id"], second)["shapes"] == stored["shapes"]
+    # Updates and deletes through a job reach its own items only.
+    mine, = stored["shapes"]
+    others = [shape for shape in everything["shapes"] if shape["frame"] == 0]
+    with pytest.raises(InvalidInput, match=f"shapes: shape {others[0]['id']} is not one of job {second}'s annotations"):
+        store.patch_annotations(task["id"], {"shapes": [others[0]]}, "delete", job_id=second)
+    with pytest.raises(InvalidInput, match=f"shapes\\[0\\].frame: 0 is outside job {second}"):
+        store.patch_annotations(task["id"], {"shapes": [{**mine, "frame": 0}]}, "update", job_id=second)
+    store.patch_annotations(task["id"], {"shapes": [{**mine, "points": [9, 9, 10, 10]}]}, "update", job_id=second)
+    assert shape_points(store.get_annotations(task["id"], second)) == [(3, [9, 9, 10, 10])]
+    store.delete_annotations(task["id"], job_id=first)
+    assert shape_points(store.get_annotations(task["id"])) == [(3, [9, 9, 10, 10])]
+
+
+def test_frame_files_are_the_stored_files_in_frame_order(store, server_root):
+    task = new_task(store, frames=COCO_IMAGES[:2])
+    store.add_server_files(task["id"], ["b.png"])
+    files = store.frame_files(task["id"], 1, 5)
+    assert [(frame, name) for frame, name, _ in files] == [(1, COCO_IMAGES[1].name), (2, "b.png")]
+    assert [path.read_bytes() for _, _, path in files] == [COCO_IMAGES[1].read_bytes(), ASTRONAUT.read_bytes()]
+    assert files[1][2] == server_root / "b.png"  # read in place

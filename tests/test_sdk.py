@@ -247,7 +247,7 @@ def test_served_detector_replies_with_cvat_function_items(platform):
 
 def test_online_call_and_task_wide_job_with_a_served_sdk_function(stack):
     task = new_task(stack, images=(ASTRONAUT, COFFEE, COCO_IMAGES[0]))
-    names = by_name(task["labels"])
+    names = by_name(stack.labels(task["id"]))
     reply = stack.ok("POST", "/api/lambda/functions/sdk-shapes",
                      json={"task": task["id"], "frame": 1, "threshold": 0.5, "conv_mask_to_poly": True})
     shapes = {shape["type"]: shape for shape in reply["shapes"]}
@@ -426,7 +426,7 @@ def test_tracker_states_expire_after_8_hours_and_belong_to_one_function():
 
 def test_annotate_task_writes_what_the_function_found(stack, client):
     task = new_task(stack)
-    names = by_name(task["labels"])
+    names = by_name(stack.labels(task["id"]))
     output = io.StringIO()
     annotate_task(client, task["id"], shapes_function(),
                   pbar=DeferredTqdmProgressReporter({"file": output, "mininterval": 0}))
@@ -456,7 +456,7 @@ def test_threshold_and_polygons_reach_the_function(stack, client):
 
 def test_clear_existing_replaces_and_the_default_adds(stack, client):
     task = new_task(stack, images=(COFFEE,))
-    names = by_name(task["labels"])
+    names = by_name(stack.labels(task["id"]))
     manual = {"type": "rectangle", "frame": 0, "label_id": names["car"]["id"], "points": [1, 1, 5, 5],
               "source": "manual"}
     stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"}, json={"shapes": [manual]})
@@ -623,7 +623,7 @@ def test_cli_runs_a_built_in_yolo_function_with_a_progress_bar(stack):
     assert done.returncode == 0, done.stderr
     assert "4/4" in done.stderr and "100%" in done.stderr  # tqdm's bar
     stored = annotations(stack, task["id"])["shapes"]
-    names = {label["id"]: label["name"] for label in task["labels"]}
+    names = {label["id"]: label["name"] for label in stack.labels(task["id"])}
     # The same model through the served function folder gives the same boxes for the matched labels.
     served_function = sdk.load_function(module="serverless.sdk_functions.yolo_v3")
     expected = []
@@ -671,7 +671,7 @@ def test_built_in_face_function_gives_attributes_as_the_sdk_expects(stack, clien
     assert box_iou(face["points"], ASTRONAUT_FACE) > 0.6
     assert 0.5 <= face["score"] <= 1
     values = {a["spec_id"]: a["value"] for a in face["attributes"]}
-    attribute_ids = {a["name"]: a["id"] for a in task["labels"][0]["attributes"]}
+    attribute_ids = {a["name"]: a["id"] for a in stack.labels(task["id"])[0]["attributes"]}
     assert values[attribute_ids["gender"]] == "female" and 15 <= int(values[attribute_ids["age"]]) <= 60
 
 

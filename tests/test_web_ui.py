@@ -215,9 +215,11 @@ def test_upload_task_annotate_view_and_detect(page, stack):
 
     row = page.get_by_role("row").filter(has_text=name)
     expect(row.locator("td.frames")).to_have_text("3")
+    expect(row).to_contain_text("person, bus, car")  # the labels, read from /api/labels
     task = task_named(stack, name)
-    assert [label["name"] for label in task["labels"]] == ["person", "bus", "car"]
-    car = task["labels"][2]
+    labels = stack.labels(task["id"])
+    assert [label["name"] for label in labels] == ["person", "bus", "car"]
+    car = labels[2]
     assert (car["type"], car["attributes"][0]["name"], car["attributes"][0]["values"]) == \
         ("rectangle", "colour", ["red", "blue", "other"])
     assert [frame["name"] for frame in stack.ok("GET", f"/api/tasks/{task['id']}/data/meta")["frames"]] == \
@@ -255,7 +257,7 @@ def test_upload_task_annotate_view_and_detect(page, stack):
     frame0 = [shape for shape in stored["shapes"] if shape["frame"] == 0]
     objects = page.get_by_role("list", name="Objects on this frame").get_by_role("listitem")
     expect(objects).to_have_count(len(frame0))
-    names = {label["id"]: label["name"] for label in task["labels"]}
+    names = {label["id"]: label["name"] for label in stack.labels(task["id"])}
     first = frame0[0]
     expect(objects.first).to_contain_text(f"rectangle {names[first['label_id']]} · {first['score']:.2f}")
     assert 0.3 <= first["score"] <= 1
@@ -347,7 +349,7 @@ def test_server_files_task_live_progress_and_cancel(page, stack):
     expect(canceled.locator(".done")).to_have_text(f"{record['frames']['done']} / 128 frames")
     stored = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
     assert len(stored) == record["frames"]["done"]  # the probe draws one thing per frame
-    expect(page.locator("p.task-numbers")).to_contain_text(f"{len(stored)} annotations")
+    expect(page.locator("p.task-numbers")).to_contain_text(f"{len(stored)} annotations · 1 job(s)")
     shoot(page, "task-canceled")
 
 
@@ -383,7 +385,8 @@ def test_interactor_box_clicks_and_save(page, stack):
     expect(objects.first).to_contain_text("mask cat")
     expect(objects.first).to_contain_text("(semi-auto)")
     [shape] = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
-    assert (shape["type"], shape["label_id"], shape["source"]) == ("mask", task["labels"][0]["id"], "semi-auto")
+    (cat,) = stack.labels(task["id"])
+    assert (shape["type"], shape["label_id"], shape["source"]) == ("mask", cat["id"], "semi-auto")
     left, top, right, bottom = shape["points"][-4:]
     runs = shape["points"][:-4]
     assert sum(runs) == (right - left + 1) * (bottom - top + 1)
@@ -473,7 +476,8 @@ def test_masks_polygons_and_cleanup_options(page, stack):
     "Clean old annotations" removing what was there before (a manual box, earlier runs); without
     it a run adds to what is there."""
     task = stack.task([{"name": "thing", "type": "any"}], [CAT, CAT])
-    manual = {"frame": 0, "label_id": task["labels"][0]["id"], "type": "rectangle", "points": [50, 50, 90, 90]}
+    (thing,) = stack.labels(task["id"])
+    manual = {"frame": 0, "label_id": thing["id"], "type": "rectangle", "points": [50, 50, 90, 90]}
     stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"}, json={"shapes": [manual]})
     sign_in(page, stack, f"#/tasks/{task['id']}")
 
@@ -679,7 +683,7 @@ def test_reid_from_the_dialog_and_tracks_in_the_viewer(page, stack, tmp_path):
     interpolates between keyframes, and deletes a whole track."""
     paths, boxes = pan_frames(tmp_path, 4, 8)
     task = stack.task([{"name": "person", "type": "rectangle"}, {"name": "marker", "type": "rectangle"}], paths)
-    person, marker = (label["id"] for label in task["labels"])
+    person, marker = (label["id"] for label in stack.labels(task["id"]))
     stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"}, json={"shapes": [
         {"frame": frame, "label_id": person, "type": "rectangle", "points": points}
         for frame, frame_boxes in enumerate(boxes) for points in frame_boxes]})
@@ -836,7 +840,7 @@ def test_every_control_and_table_has_an_accessible_name(page, stack):
     pages["annotate dialog, ReID"] = page.evaluate(UNNAMED_CONTROLS)
     page.keyboard.press("Escape")
     stack.ok("PATCH", f"/api/tasks/{task['id']}/annotations", params={"action": "create"}, json={"tracks": [
-        {"frame": 0, "label_id": task["labels"][0]["id"],
+        {"frame": 0, "label_id": stack.labels(task["id"])[0]["id"],
          "shapes": [{"type": "mask", "frame": 0, "points": [0, 100, 10, 10, 19, 19]}]}]})
     page.goto(f"{stack.url}/ui/#/tasks/{task['id']}/frames/0")
     page.get_by_label("Interactor", exact=True).select_option("opencv-grabcut")

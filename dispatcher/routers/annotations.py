@@ -1,4 +1,7 @@
-"""A task's and a job's annotations (CVAT's LabeledData) and the task's exports."""
+"""A task's and a job's annotations (CVAT's LabeledData) and the task's exports.
+
+cvat-sdk spells the annotations paths with a trailing slash (``/api/tasks/<id>/annotations/``):
+both spellings are served, so its PUT and PATCH bodies are never redirected."""
 
 from __future__ import annotations
 
@@ -7,36 +10,66 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Response
 
-from dispatcher.dependencies import TaskStore, require_token
+from dispatcher.dependencies import TaskStore, authenticate
 
-router = APIRouter(tags=["annotations"], dependencies=[Depends(require_token)])
+router = APIRouter(tags=["annotations"], dependencies=[Depends(authenticate)])
+LabeledData = Annotated[dict[str, Any], Body()]
+TASK, JOB = "/api/tasks/{task_id}/annotations", "/api/jobs/{job_id}/annotations"
 
 
-@router.get("/api/tasks/{task_id}/annotations")
+@router.get(TASK)
+@router.get(TASK + "/", include_in_schema=False)
 def get_annotations(task_id: int, store: TaskStore, frame: Annotated[int | None, Query(
         ge=0, description="ours: the tags and shapes on this frame and the tracks visible on it")] = None) -> dict:
     return store.get_annotations(task_id, frame=frame)
 
 
-@router.put("/api/tasks/{task_id}/annotations")
-def put_annotations(task_id: int, body: Annotated[dict[str, Any], Body()], store: TaskStore) -> dict:
+@router.put(TASK)
+@router.put(TASK + "/", include_in_schema=False)
+def put_annotations(task_id: int, body: LabeledData, store: TaskStore) -> dict:
     return store.put_annotations(task_id, body)
 
 
-@router.patch("/api/tasks/{task_id}/annotations")
-def patch_annotations(task_id: int, action: str, body: Annotated[dict[str, Any], Body()], store: TaskStore) -> dict:
+@router.patch(TASK)
+@router.patch(TASK + "/", include_in_schema=False)
+def patch_annotations(task_id: int, action: str, body: LabeledData, store: TaskStore) -> dict:
     return store.patch_annotations(task_id, body, action)
 
 
-@router.delete("/api/tasks/{task_id}/annotations", status_code=204)
+@router.delete(TASK, status_code=204)
+@router.delete(TASK + "/", status_code=204, include_in_schema=False)
 def delete_annotations(task_id: int, store: TaskStore) -> Response:
     store.delete_annotations(task_id)
     return Response(status_code=204)
 
 
-@router.get("/api/jobs/{job_id}/annotations")
+# A job's annotations: the tags and shapes on its frames and the tracks visible on at least one of
+# them. Writes keep to them: new items on the job's frames (a track's every keyframe), updated and
+# deleted ones among them (docs/wire-format.md §3.9.5).
+
+@router.get(JOB)
+@router.get(JOB + "/", include_in_schema=False)
 def get_job_annotations(job_id: int, store: TaskStore) -> dict:
     return store.get_annotations(store.get_job(job_id)["task_id"], job_id)
+
+
+@router.put(JOB)
+@router.put(JOB + "/", include_in_schema=False)
+def put_job_annotations(job_id: int, body: LabeledData, store: TaskStore) -> dict:
+    return store.put_annotations(store.get_job(job_id)["task_id"], body, job_id)
+
+
+@router.patch(JOB)
+@router.patch(JOB + "/", include_in_schema=False)
+def patch_job_annotations(job_id: int, action: str, body: LabeledData, store: TaskStore) -> dict:
+    return store.patch_annotations(store.get_job(job_id)["task_id"], body, action, job_id)
+
+
+@router.delete(JOB, status_code=204)
+@router.delete(JOB + "/", status_code=204, include_in_schema=False)
+def delete_job_annotations(job_id: int, store: TaskStore) -> Response:
+    store.delete_annotations(store.get_job(job_id)["task_id"], job_id)
+    return Response(status_code=204)
 
 
 ExportFormat = Literal["coco", "cvat"]  # COCO JSON; CVAT for images 1.1 XML

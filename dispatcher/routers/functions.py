@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 
 from dispatcher import online_calls
-from dispatcher.dependencies import Functions, Services, require_token
+from dispatcher.dependencies import CurrentCaller, Functions, Services, authenticate
 
-router = APIRouter(prefix="/api/lambda/functions", tags=["lambda"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/lambda/functions", tags=["lambda"], dependencies=[Depends(authenticate)])
 
 
 @router.get("")
@@ -24,7 +24,8 @@ def get_function(function_id: str, registry: Functions) -> dict:
 
 
 @router.post("/{function_id}")
-def call_function(function_id: str, body: Annotated[dict[str, Any], Body()], services: Services) -> Any:
-    """One online call (docs/wire-format.md §3.4): detectors answer CVAT annotations, the other kinds the function's own
-    reply (interactor masks and ReID matchings put back into the frame, tracker states signed)."""
-    return online_calls.call(services, services.registry.function(function_id), body)
+def call_function(function_id: str, body: Annotated[dict[str, Any], Body()], services: Services,
+                  caller: CurrentCaller) -> Any:
+    """One online call (docs/wire-format.md §3.4): detectors answer CVAT annotations, the other
+    kinds the function's own reply (interactor masks put back into the frame, tracker states signed)."""
+    return online_calls.call(services, services.registry.function(function_id), body, caller)

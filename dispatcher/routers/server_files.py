@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from dispatcher.dependencies import TaskStore, require_token
+from dispatcher.dependencies import TaskStore, authenticate
 
-router = APIRouter(tags=["tasks"], dependencies=[Depends(require_token)])
+router = APIRouter(tags=["tasks"], dependencies=[Depends(authenticate)])
 
 
 @router.get("/api/server/share")

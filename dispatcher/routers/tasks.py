@@ -1,41 +1,47 @@
-"""``/api/tasks`` and ``/api/jobs``: tasks, their frames and jobs, in CVAT's REST shapes."""
+"""``/api/tasks``: tasks and their frames in CVAT's REST shapes (TaskRead, DataMetaRead, chunks),
+as cvat-sdk reads them (docs/wire-format.md §3.9)."""
 
 from __future__ import annotations
 
 import io
-from typing import Annotated
+import zipfile
+from collections.abc import Iterator
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from dispatcher.dependencies import Requests, TaskStore, require_token
+from dispatcher import rest_shapes
+from dispatcher.dependencies import Requests, TaskStore, authenticate
 from dispatcher.errors import BadRequest
 from dispatcher.request_book import FINAL_STATES, Conflict
 from dispatcher.schemas import NewTask
 
-router = APIRouter(tags=["tasks"], dependencies=[Depends(require_token)])
+router = APIRouter(tags=["tasks"], dependencies=[Depends(authenticate)])
+Page = Annotated[int, Query(ge=1)]
+PageSize = Annotated[int, Query(ge=1, le=rest_shapes.MAX_PAGE_SIZE)]
 
 
 @router.post("/api/tasks", status_code=201)
-def create_task(body: NewTask, store: TaskStore) -> dict:
-    return store.create_task(body.name, body.labels, body.segment_size)
+def create_task(body: NewTask, store: TaskStore, request: Request) -> dict:
+    task = store.create_task(body.name, body.labels, body.segment_size)
+    return rest_shapes.task_read(task, rest_shapes.base_url(request))
 
 
 @router.get("/api/tasks")
-def list_tasks(store: TaskStore, page: Annotated[int, Query(ge=1)] = 1,
-               page_size: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
-    """CVAT's paginated list shape."""
-    tasks = store.list_tasks()
-    start = (page - 1) * page_size
-    return {"count": len(tasks), "next": None if start + page_size >= len(tasks) else page + 1,
-            "previous": page - 1 if page > 1 else None, "results": tasks[start:start + page_size]}
+def list_tasks(store: TaskStore, request: Request, page: Page = 1, page_size: PageSize = rest_shapes.PAGE_SIZE) -> dict:
+    """CVAT's paginated list of TaskRead."""
+    base = rest_shapes.base_url(request)
+    tasks = [rest_shapes.task_read(task, base) for task in store.list_tasks()]
+    return rest_shapes.page(tasks, request.url, page, page_size)
 
 
 @router.get("/api/tasks/{task_id}")
-def get_task(task_id: int, store: TaskStore) -> dict:
-    return store.get_task(task_id)
+def get_task(task_id: int, store: TaskStore, request: Request) -> dict:
+    return rest_shapes.task_read(store.get_task(task_id), rest_shapes.base_url(request))
 
 
 @router.delete("/api/tasks/{task_id}", status_code=204)
@@ -48,9 +54,11 @@ def delete_task(task_id: int, store: TaskStore, book: Requests) -> Response:
 
 
 @router.post("/api/tasks/{task_id}/data")
+@router.post("/api/tasks/{task_id}/data/", include_in_schema=False)  # cvat-sdk's spelling
 async def add_data(task_id: int, request: Request, store: TaskStore) -> dict:
     """Frames, appended in order: multipart ``client_files[<n>]`` uploads, or ``server_files[<n>]``
-    paths under SERVER_FILES_ROOT (as a form or a JSON body ``{"server_files": [...]}``)."""
+    paths under SERVER_FILES_ROOT (as a form or a JSON body ``{"server_files": [...]}``). Answers
+    the task (CVAT answers a background request's id: here the frames are in when it answers)."""
     uploads, paths = await _data_fields(request)
     if uploads and paths:
         raise BadRequest("client_files and server_files: give one or the other, not both")
@@ -60,30 +68,73 @@ async def add_data(task_id: int, request: Request, store: TaskStore) -> dict:
         store.add_server_files(task_id, paths)
     else:
         raise BadRequest("client_files or server_files: at least one file is required")
-    return store.get_task(task_id)
+    return rest_shapes.task_read(store.get_task(task_id), rest_shapes.base_url(request))
 
 
 @router.get("/api/tasks/{task_id}/data",
-            responses={200: {"content": {"image/*": {}}, "description": "the frame's file as uploaded"}})
-def get_frame(task_id: int, number: int, store: TaskStore, type: str = "frame", quality: str = "original") -> Response:
-    if type != "frame":
-        raise BadRequest(f"type: only 'frame' is served, got {type!r}")
-    if quality not in ("original", "compressed"):
-        raise BadRequest(f"quality: must be original or compressed, got {quality!r}")
+            responses={200: {"content": {"image/*": {}, "application/zip": {}},
+                             "description": "a frame's file as uploaded, or a chunk: a ZIP of its frames' files"}})
+@router.get("/api/tasks/{task_id}/data/", include_in_schema=False)  # cvat-sdk's spelling
+def get_data(task_id: int, number: int, store: TaskStore, type: Literal["frame", "chunk"] = "frame",
+             quality: Literal["original", "compressed"] = "original") -> Response:
+    """``type=frame``: frame ``number``'s file as stored. ``type=chunk``: frames ``number * 32`` to
+    ``number * 32 + 31`` (fewer in the last chunk) as a ZIP of their files as stored, in frame order,
+    uncompressed (ZIP_STORED: images are compressed already). Both qualities are the same files."""
+    if type == "chunk":
+        return _chunk(store, task_id, number)
     data = store.frame_bytes(task_id, number)  # frames are kept as uploaded: one quality
     with Image.open(io.BytesIO(data)) as image:
         media_type = Image.MIME.get(image.format or "", "application/octet-stream")
     return Response(data, media_type=media_type)
 
 
+def _chunk(store, task_id: int, number: int) -> Response:
+    size = store.get_task(task_id)["size"]
+    chunks = rest_shapes.chunk_count(size)
+    if not 0 <= number < chunks:
+        have = f"chunks 0..{chunks - 1}" if chunks else "no chunks (no frames)"
+        raise BadRequest(f"number: task {task_id} has {have} of {rest_shapes.DATA_CHUNK_SIZE} frames, "
+                         f"not chunk {number}")
+    first = number * rest_shapes.DATA_CHUNK_SIZE
+    files = store.frame_files(task_id, first, min(first + rest_shapes.DATA_CHUNK_SIZE, size) - 1)
+    disposition = f'attachment; filename="task_{task_id}_chunk_{number}.zip"'
+    return StreamingResponse(_zip_stream(files), media_type="application/zip",
+                             headers={"Content-Disposition": disposition})
+
+
+def _zip_stream(files) -> Iterator[bytes]:
+    """A ZIP of the files, one stored member per frame (``<frame>.<ext>``), written as it goes: only
+    one frame is in memory at a time."""
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
+        for frame, _name, path in files:
+            archive.writestr(f"{frame:06d}{path.suffix.lower()}", path.read_bytes())
+            yield sink.take()
+    yield sink.take()
+
+
+class _Sink(io.RawIOBase):
+    """A write-only, unseekable file: zipfile then writes each member's sizes after its data."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
 @router.get("/api/tasks/{task_id}/data/meta")
 def get_frames_meta(task_id: int, store: TaskStore) -> dict:
-    return store.frames_meta(task_id)
-
-
-@router.get("/api/jobs/{job_id}")
-def get_job(job_id: int, store: TaskStore) -> dict:
-    return store.get_job(job_id)
+    """CVAT's DataMetaRead: the frames' names and sizes (EXIF orientation applied)."""
+    return rest_shapes.data_meta(store.get_task(task_id), store.frames_meta(task_id))
 
 
 async def _data_fields(request: Request) -> tuple[list[tuple[str, bytes]], list[str]]:

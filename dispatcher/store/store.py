@@ -40,6 +40,7 @@ from dispatcher.store.tables import (
     jobs,
     labels,
     metadata,
+    migrate,
     open_engine,
     request_frames,
     request_runs,
@@ -74,6 +75,7 @@ class Store:
             if self._postgres:  # workers starting together would race to create the same tables
                 connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('dispatcher.store'))"))
             metadata.create_all(connection)
+            migrate(connection)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -91,13 +93,17 @@ class Store:
                                          or segment_size < 1):
             raise InvalidInput(f"segment_size: must be a positive integer or null, got {segment_size!r}")
         checked = checked_labels(labels)
+        now = datetime.now(UTC)
         with self._engine.begin() as connection:
             task_id = connection.execute(insert(tasks).values(
-                name=name, segment_size=segment_size, created_date=datetime.now(UTC))).inserted_primary_key[0]
+                name=name, segment_size=segment_size, created_date=now, updated_date=now,
+                data_updated_date=now)).inserted_primary_key[0]
             insert_labels(connection, task_id, checked, parent_id=None)
         return self.get_task(task_id)
 
     def get_task(self, task_id: int) -> dict:
+        """The task as the store keeps it: labels (sublabels inside their skeleton) and jobs in
+        full; the API serves it in CVAT's shapes (``dispatcher/rest_shapes.py``)."""
         with self._engine.begin() as connection:
             task = task_row(connection, task_id)
             size = task_size(connection, task_id)
@@ -128,14 +134,19 @@ class Store:
             "id": task.id, "name": task.name, "size": size, "segment_size": task.segment_size,
             "annotations_count": annotation_count,  # ours: tags, shapes and tracks stored
             "created_date": iso(task.created_date),
+            # Databases from before these columns have them filled by migrate; None never reaches here.
+            "updated_date": iso(task.updated_date or task.created_date),
+            "data_updated_date": iso(task.data_updated_date or task.created_date),
             "labels": [label_dict(row) for row in label_rows if row.parent_id is None],
             "jobs": [{"id": job.id, "start_frame": job.start_frame, "stop_frame": job.stop_frame} for job in job_rows],
         }
 
-    def list_tasks(self) -> list[dict]:
+    def task_ids(self) -> list[int]:
         with self._engine.begin() as connection:
-            task_ids = connection.execute(select(tasks.c.id).order_by(tasks.c.id)).scalars().all()
-        return [self.get_task(task_id) for task_id in task_ids]
+            return list(connection.execute(select(tasks.c.id).order_by(tasks.c.id)).scalars())
+
+    def list_tasks(self) -> list[dict]:
+        return [self.get_task(task_id) for task_id in self.task_ids()]
 
     def delete_task(self, task_id: int) -> None:
         with self._engine.begin() as connection:
@@ -154,7 +165,33 @@ class Store:
 
         return tuple(task_label(label) for label in self.get_task(task_id)["labels"])
 
+    def label_task(self, label_id: int) -> int:
+        """The task a label (or sublabel) belongs to."""
+        with self._engine.begin() as connection:
+            task_id = connection.execute(select(labels.c.task_id).where(labels.c.id == label_id)).scalar()
+        if task_id is None:
+            raise NotFound(f"label {label_id} does not exist")
+        return task_id
+
+    @staticmethod
+    def _touch(connection, task_id: int, frames: bool = False) -> None:
+        """The task changed now (its frames too, with ``frames``): CVAT's ``updated_date``, which
+        cvat-sdk's cache of the task is keyed on. Each write calls it last, in its transaction, so
+        the row lock it takes is held only while that transaction commits."""
+        now = datetime.now(UTC)
+        values = {"updated_date": now, "data_updated_date": now} if frames else {"updated_date": now}
+        connection.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
+
     # Jobs
+
+    def list_jobs(self, task_id: int | None = None) -> list[dict]:
+        """Every job (or the task's), in id order: ``{id, task_id, start_frame, stop_frame}``."""
+        query = select(jobs.c.id, jobs.c.task_id, jobs.c.start_frame, jobs.c.stop_frame).order_by(jobs.c.id)
+        with self._engine.begin() as connection:
+            if task_id is not None:
+                task_row(connection, task_id)
+                query = query.where(jobs.c.task_id == task_id)
+            return [dict(row._mapping) for row in connection.execute(query)]
 
     def get_job(self, job_id: int) -> dict:
         with self._engine.begin() as connection:
@@ -230,6 +267,7 @@ class Store:
                                  "height": new["height"], "path": path, "server_file": new["server_file"]})
                 connection.execute(insert(frames), rows)
                 update_jobs(connection, task_id, first + len(rows), task.segment_size)
+                self._touch(connection, task_id, frames=True)
         except BaseException:
             for file in written:
                 file.unlink(missing_ok=True)
@@ -237,19 +275,31 @@ class Store:
 
     def frame_bytes(self, task_id: int, frame: int) -> bytes:
         """The frame's file as it was uploaded (or as it is on the server)."""
+        files = self.frame_files(task_id, frame, frame)
+        if not files:
+            raise NotFound(f"task {task_id} has no frame {frame}")
+        return files[0][2].read_bytes()
+
+    def frame_files(self, task_id: int, first: int, last: int) -> list[tuple[int, str, Path]]:
+        """``(frame, name, file)`` of the task's frames ``first..last`` that exist, in frame order:
+        the upload as it was stored, or the server file where it is (its path checked again: the
+        root or a link may have changed since the file was added)."""
         with self._engine.begin() as connection:
             task_row(connection, task_id)
-            row = connection.execute(
-                select(frames.c.path, frames.c.server_file)
-                .where(frames.c.task_id == task_id, frames.c.frame == frame)).first()
-        if row is None:
-            raise NotFound(f"task {task_id} has no frame {frame}")
-        if not row.server_file:
-            return (self.data_dir / row.path).read_bytes()
-        try:  # checked again: the root or a link may have changed since the file was added
-            return self.server_files.resolve(row.path, f"frame {frame}")[0].read_bytes()
-        except InvalidInput as error:
-            raise NotFound(f"task {task_id}: {error}") from None
+            rows = connection.execute(
+                select(frames.c.frame, frames.c.name, frames.c.path, frames.c.server_file)
+                .where(frames.c.task_id == task_id, frames.c.frame >= first, frames.c.frame <= last)
+                .order_by(frames.c.frame)).all()
+        files = []
+        for row in rows:
+            if not row.server_file:
+                files.append((row.frame, row.name, self.data_dir / row.path))
+                continue
+            try:
+                files.append((row.frame, row.name, self.server_files.resolve(row.path, f"frame {row.frame}")[0]))
+            except InvalidInput as error:
+                raise NotFound(f"task {task_id}: {error}") from None
+        return files
 
     def frame_size(self, task_id: int, frame: int) -> tuple[int, int]:
         """A frame's width and height as stored (EXIF orientation applied), without decoding it."""
@@ -277,65 +327,117 @@ class Store:
         """The task's (or a job's, or one frame's) annotations: tags and shapes on those frames, and
         the tracks visible on at least one of them."""
         with self._engine.begin() as connection:
-            task_row(connection, task_id)
-            task_last = task_size(connection, task_id) - 1
-            first, last = 0, task_last
-            if job_id is not None:
-                job = connection.execute(select(jobs).where(jobs.c.id == job_id, jobs.c.task_id == task_id)).first()
-                if job is None:
-                    raise NotFound(f"task {task_id} has no job {job_id}")
-                first, last = job.start_frame, job.stop_frame
-            if frame is not None:
-                first, last = max(first, frame), min(last, frame)
-            whole = (first, last) == (0, task_last)
-            query = select(annotations.c.id, annotations.c.kind, annotations.c.content).where(
-                annotations.c.task_id == task_id)
-            if not whole:
-                # A track is filed under its first frame but may reach into the range from before it.
-                query = query.where(annotations.c.frame <= last,
-                                    or_(annotations.c.frame >= first, annotations.c.kind == "tracks"))
-            rows = connection.execute(query.order_by(annotations.c.id)).all()
+            return labeled_data(self._rows_in(connection, task_id, job_id, frame))
+
+    @staticmethod
+    def _job_range(connection, task_id: int, job_id: int) -> tuple[int, int]:
+        job = connection.execute(select(jobs).where(jobs.c.id == job_id, jobs.c.task_id == task_id)).first()
+        if job is None:
+            raise NotFound(f"task {task_id} has no job {job_id}")
+        return job.start_frame, job.stop_frame
+
+    def _rows_in(self, connection, task_id: int, job_id: int | None = None, frame: int | None = None) -> list:
+        """(id, kind, content) rows of the task's annotations on a job's frames (or one frame's, or
+        all): tags and shapes there, and the tracks visible on at least one of those frames."""
+        task_row(connection, task_id)
+        task_last = task_size(connection, task_id) - 1
+        first, last = 0, task_last
+        if job_id is not None:
+            first, last = self._job_range(connection, task_id, job_id)
+        if frame is not None:
+            first, last = max(first, frame), min(last, frame)
+        whole = (first, last) == (0, task_last)
+        query = select(annotations.c.id, annotations.c.kind, annotations.c.content).where(
+            annotations.c.task_id == task_id)
+        if not whole:
+            # A track is filed under its first frame but may reach into the range from before it.
+            query = query.where(annotations.c.frame <= last,
+                                or_(annotations.c.frame >= first, annotations.c.kind == "tracks"))
+        rows = connection.execute(query.order_by(annotations.c.id)).all()
         if not whole:
             rows = [row for row in rows if row.kind != "tracks" or any(
                 not shape["outside"] and first <= shape["frame"] <= last
                 for shape in tracks.frames_of(row.content, task_last))]
-        return labeled_data(rows)
+        return rows
 
-    def put_annotations(self, task_id: int, data: dict) -> dict:
-        """Replace all of the task's annotations."""
+    def _checked_items(self, connection, task_id: int, data, job_id: int | None) -> list[tuple[str, dict]]:
+        """The body's items checked against the task; for a job, each must lie on the job's frames
+        (a track: every keyframe)."""
+        items = checked_data(data, TaskContext.load(connection, task_id))
+        if job_id is not None:
+            first, last = self._job_range(connection, task_id, job_id)
+            counts = dict.fromkeys(("tags", "shapes", "tracks"), 0)
+            for kind, item in items:
+                where = f"{kind}[{counts[kind]}]"
+                counts[kind] += 1
+                for index, shape in enumerate(item["shapes"] if kind == "tracks" else [item]):
+                    if not first <= shape["frame"] <= last:
+                        field = f"{where}.shapes[{index}].frame" if kind == "tracks" else f"{where}.frame"
+                        raise InvalidInput(f"{field}: {shape['frame']} is outside job {job_id} "
+                                           f"(frames {first}..{last})")
+        return items
+
+    def _job_ids(self, connection, task_id: int, job_id: int | None, data) -> list[tuple[str, int]]:
+        """``item_ids`` of the body; for a job, each must be one of the job's annotations."""
+        wanted = item_ids(connection, task_id, data)
+        if job_id is not None:
+            own = {row.id for row in self._rows_in(connection, task_id, job_id)}
+            for kind, item_id in wanted:
+                if item_id not in own:
+                    raise InvalidInput(f"{kind}: {kind[:-1]} {item_id} is not one of job {job_id}'s annotations")
+        return wanted
+
+    def put_annotations(self, task_id: int, data: dict, job_id: int | None = None) -> dict:
+        """Replace all of the task's (or the job's) annotations."""
         with self._engine.begin() as connection:
-            items = checked_data(data, TaskContext.load(connection, task_id))
-            connection.execute(delete(annotations).where(annotations.c.task_id == task_id))
-            return labeled_data(insert_items(connection, task_id, items, request_id=None))
+            items = self._checked_items(connection, task_id, data, job_id)
+            self._delete_in(connection, task_id, job_id)
+            stored = insert_items(connection, task_id, items, request_id=None)
+            self._touch(connection, task_id)
+        return labeled_data(stored)
 
-    def patch_annotations(self, task_id: int, data: dict, action: str) -> dict:
-        """Create items (new ids), or update or delete items by id; returns the items affected."""
+    def patch_annotations(self, task_id: int, data: dict, action: str, job_id: int | None = None) -> dict:
+        """Create items (new ids), or update or delete items by id; returns the items affected. For
+        a job, new and updated items must lie on its frames, and updated or deleted ones must be
+        its annotations (what ``get_annotations`` gives for it)."""
         if action not in PATCH_ACTIONS:
             raise InvalidInput(f"action: must be one of {', '.join(PATCH_ACTIONS)}, got {action!r}")
         with self._engine.begin() as connection:
-            context = TaskContext.load(connection, task_id)
             if action == "create":
-                return labeled_data(insert_items(connection, task_id, checked_data(data, context), request_id=None))
-            if action == "delete":
-                rows = []
-                for batch in batches([item_id for _, item_id in item_ids(connection, task_id, data)]):
-                    rows += connection.execute(select(annotations.c.id, annotations.c.kind, annotations.c.content)
-                                               .where(annotations.c.id.in_(batch))).all()
+                affected = insert_items(connection, task_id, self._checked_items(connection, task_id, data, job_id),
+                                        request_id=None)
+            elif action == "delete":
+                affected = []
+                for batch in batches([item_id for _, item_id in self._job_ids(connection, task_id, job_id, data)]):
+                    affected += connection.execute(select(annotations.c.id, annotations.c.kind, annotations.c.content)
+                                                   .where(annotations.c.id.in_(batch))).all()
                     connection.execute(delete(annotations).where(annotations.c.id.in_(batch)))
-                return labeled_data(sorted(rows))
-            ids = item_ids(connection, task_id, data)
-            updated = []
-            for (kind, item), (_, item_id) in zip(checked_data(data, context), ids):
-                # An edited item is the user's now: a rerun of its request must not replace it.
-                connection.execute(update(annotations).where(annotations.c.id == item_id).values(
-                    frame=item["frame"], label_id=item["label_id"], content=item, request_id=None))
-                updated.append((item_id, kind, item))
-            return labeled_data(updated)
+                affected.sort()
+            else:
+                ids = self._job_ids(connection, task_id, job_id, data)
+                affected = []
+                for (kind, item), (_, item_id) in zip(self._checked_items(connection, task_id, data, job_id), ids):
+                    # An edited item is the user's now: a rerun of its request must not replace it.
+                    connection.execute(update(annotations).where(annotations.c.id == item_id).values(
+                        frame=item["frame"], label_id=item["label_id"], content=item, request_id=None))
+                    affected.append((item_id, kind, item))
+            self._touch(connection, task_id)
+        return labeled_data(affected)
 
-    def delete_annotations(self, task_id: int) -> None:
+    def delete_annotations(self, task_id: int, job_id: int | None = None) -> None:
+        """Delete the task's (or the job's) annotations."""
         with self._engine.begin() as connection:
+            self._delete_in(connection, task_id, job_id)
+            self._touch(connection, task_id)
+
+    def _delete_in(self, connection, task_id: int, job_id: int | None) -> None:
+        if job_id is None:
             task_row(connection, task_id)
             connection.execute(delete(annotations).where(annotations.c.task_id == task_id))
+            return
+        # A track is deleted whole: this store keeps tracks whole, not cut at job boundaries as CVAT does.
+        for batch in batches([row.id for row in self._rows_in(connection, task_id, job_id)]):
+            connection.execute(delete(annotations).where(annotations.c.id.in_(batch)))
 
     # Results of annotation requests (the RQ workers)
 
@@ -390,6 +492,8 @@ class Store:
                     connection.execute(delete(annotations).where(
                         annotations.c.request_id == request_id, annotations.c.frame.in_(batch)))
                 insert_items(connection, task_id, items, request_id=request_id)
+            if results or cleaned:
+                self._touch(connection, task_id)
             return cleaned
 
     def rectangles(self, task_id: int, frames: list[int]) -> dict[int, list[dict]]:
@@ -398,7 +502,8 @@ class Store:
             task_row(connection, task_id)
             return rectangles_on(connection, task_id, frames)
 
-    def replace_with_tracks(self, request_id: str, run: str, task_id: int, frames: list[int], link) -> bool:
+    def replace_with_tracks(self, request_id: str, run: str, task_id: int, frames: list[int], link,
+                            job_id: int | None = None) -> bool:
         """ReID's result: the rectangles on ``frames`` replaced, in one transaction, by the tracks
         ``link(rectangles_by_frame)`` makes of them. Once per run: False when they were already
         written; StaleRun when ``run`` is no longer the request's run."""
@@ -414,6 +519,7 @@ class Store:
             insert_items(connection, task_id, new_tracks, request_id=request_id)
             connection.execute(update(request_runs).where(request_runs.c.request_id == request_id)
                                .values(tracks_written=True))
+            self._touch(connection, task_id)
         return True
 
     def request_frames(self, request_id: str) -> set[int]:
@@ -422,10 +528,13 @@ class Store:
             return set(connection.execute(
                 select(request_frames.c.frame).where(request_frames.c.request_id == request_id)).scalars())
 
-    def begin_run(self, request_id: str, run: str, task_id: int) -> None:
+    def begin_run(self, request_id: str, run: str, task_id: int, job_id: int | None = None,
+                  cleanup: bool = False) -> None:
         """Make ``run`` the request's run: earlier runs of the id write nothing from now on, their
         annotations stay as the task's own, and the bookkeeping starts afresh. CVAT's request ids
-        repeat (one per target), so every run on a target comes through here."""
+        repeat (one per target), so every run on a target comes through here. Here ``cleanup``
+        happens at the run's first write (``write_results``), so a run that writes nothing cleans
+        nothing."""
         with self._engine.begin() as connection:
             upsert = self._upsert(request_runs)
             connection.execute(upsert.values(request_id=request_id, run=run, task_id=task_id, tracks_written=False)

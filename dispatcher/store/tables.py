@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
 )
 
 metadata = MetaData()
@@ -32,6 +33,12 @@ tasks = Table(
     Column("name", String, nullable=False),
     Column("segment_size", Integer),  # None: one job with every frame
     Column("created_date", DateTime(timezone=True), nullable=False),
+    # When the task, its frames or its annotations last changed (CVAT's updated_date: cvat-sdk's
+    # local cache of a task is keyed on it), and when its frames last changed (data/meta's
+    # chunks_updated_date). Nullable only because databases made before them get them by
+    # ALTER TABLE (``migrate``); every write sets them.
+    Column("updated_date", DateTime(timezone=True)),
+    Column("data_updated_date", DateTime(timezone=True)),
     sqlite_autoincrement=True,
 )
 labels = Table(
@@ -113,6 +120,29 @@ request_frames = Table(
     Column("frame", Integer, primary_key=True),
     Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
 )
+
+
+# Columns added after the first release, as (table, column, the column an existing row's value is
+# copied from), added to an existing database by ``migrate``.
+ADDED_COLUMNS = (("tasks", "updated_date", "created_date"), ("tasks", "data_updated_date", "created_date"))
+
+
+def migrate(connection) -> None:
+    """Bring a database made by an earlier release up to these tables: ``metadata.create_all``
+    makes missing tables but never adds columns. Each added column is nullable and filled from
+    what the row already knows (a task's dates from its ``created_date``), in the caller's
+    transaction, which holds the schema lock (PostgreSQL's advisory lock, SQLite's write lock)."""
+    present: dict[str, set[str]] = {}
+    for table_name, column_name, filled_from in ADDED_COLUMNS:
+        if table_name not in present:
+            present[table_name] = {column["name"] for column in inspect(connection).get_columns(table_name)}
+        if column_name in present[table_name]:
+            continue
+        column = metadata.tables[table_name].c[column_name]
+        column_type = column.type.compile(dialect=connection.dialect)
+        connection.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {column_name} {column_type}")
+        connection.exec_driver_sql(f"UPDATE {table_name} SET {column_name} = {filled_from}")
+        present[table_name].add(column_name)
 
 
 def open_engine(database_url: str):

@@ -22,6 +22,9 @@ from serverless.common.metadata import SHAPE_TYPES, MetadataError, parse_label_s
 KINDS = ("tags", "shapes", "tracks")
 SHAPE_AND_SKELETON_TYPES = (*SHAPE_TYPES, "skeleton")
 _SPEC_FIELD = "metadata.annotations.spec"  # how parse_label_spec names the label list in its messages
+# CVAT's column sizes, which cvat-sdk checks when it reads a label: longer ones would break every client.
+MAX_NAME = 64  # label and attribute names
+MAX_DEFAULT_VALUE = 128
 
 
 def checked_labels(raw_labels) -> list[dict]:
@@ -40,10 +43,12 @@ def checked_labels(raw_labels) -> list[dict]:
         result = []
         for index, (raw, spec) in enumerate(zip(raw_list, spec_list)):
             label_where = f"{where}[{index}] ({spec.name!r})"
+            _check_length(spec.name, MAX_NAME, f"{label_where}.name")
             label_attributes = []
             for attribute_index, (raw_attribute, attribute) in enumerate(
                     zip(raw.get("attributes") or [], spec.attributes)):
                 attribute_where = f"{label_where}.attributes[{attribute_index}] ({attribute.name!r})"
+                _check_length(attribute.name, MAX_NAME, f"{attribute_where}.name")
                 mutable = raw_attribute.get("mutable", False)
                 if not isinstance(mutable, bool):
                     raise InvalidInput(f"{attribute_where}.mutable: must be true or false, got {mutable!r}")
@@ -53,6 +58,7 @@ def checked_labels(raw_labels) -> list[dict]:
                         "false" if attribute.input_type == "checkbox" else "")
                 if not isinstance(default, str):
                     raise InvalidInput(f"{attribute_where}.default_value: must be a string, got {default!r}")
+                _check_length(default, MAX_DEFAULT_VALUE, f"{attribute_where}.default_value")
                 allowed = (attribute.values if attribute.input_type in ("select", "radio")
                            else ("true", "false") if attribute.input_type == "checkbox" else None)
                 if allowed is not None and default not in allowed:
@@ -67,6 +73,11 @@ def checked_labels(raw_labels) -> list[dict]:
         return result
 
     return normalised(raw_labels, specs, "labels")
+
+
+def _check_length(text: str, limit: int, where: str) -> None:
+    if len(text) > limit:
+        raise InvalidInput(f"{where}: at most {limit} characters (CVAT's limit), got {len(text)}")
 
 
 

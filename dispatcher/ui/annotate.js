@@ -1,7 +1,7 @@
 // CVAT's "Automatic annotation" dialog (detectors, with an optional region of every frame, and
 // ReID, which links the task's rectangles into tracks), and the live list of annotation requests
 // with progress, frames/s, ETA, failures and Cancel.
-import {api, guarded, showError} from "./api.js";
+import {api, guarded, showError, taskLabels} from "./api.js";
 import {field, formatSeconds, h} from "./dom.js";
 
 const FINAL = ["finished", "failed", "canceled"];
@@ -32,8 +32,9 @@ const functionOption = (fn) => h("option", {value: fn.id, disabled: fn.state !==
   fn.state === "ready" ? fn.name : `${fn.name} (${fn.state}${fn.message ? `: ${fn.message}` : ""})`);
 
 export async function openAnnotateDialog(task, started) {
-  const functions = await guarded(() => api("GET", "/api/lambda/functions"));
-  if (!functions) return;
+  const loaded = await guarded(() => Promise.all([api("GET", "/api/lambda/functions"), taskLabels(task.id)]));
+  if (!loaded) return;
+  const [functions, labels] = loaded;
   const detectors = functions.filter((fn) => fn.kind === "detector");
   const reids = functions.filter((fn) => fn.kind === "reid");
   const problem = h("p", {class: "problem", role: "alert"});
@@ -85,7 +86,7 @@ export async function openAnnotateDialog(task, started) {
     const fn = chosen();
     // Only one set of options is in the dialog at a time (each has its own "Threshold").
     options.replaceChildren(fn && fn.kind === "reid" ? reidOptions : detectorOptions);
-    rows = fn && fn.kind === "detector" ? fn.labels_v2.map((label) => mappingRow(label, task.labels)) : [];
+    rows = fn && fn.kind === "detector" ? fn.labels_v2.map((label) => mappingRow(label, labels)) : [];
     const table = (name, some) => h("table", {"aria-label": name},
       h("thead", {}, h("tr", {}, h("th", {scope: "col"}, "Model label"), h("th", {scope: "col"}, "Task label"))),
       h("tbody", {}, some.map((row) => row.element)));

@@ -85,6 +85,20 @@ export async function api(method, path, {json, form, blob} = {}) {
   }
 }
 
+// Every item of one of CVAT's paginated lists ({count, next, previous, results}), page by page.
+export async function listAll(path) {
+  const results = [];
+  for (let page = 1; ; page += 1) {
+    const body = await api("GET", `${path}${path.includes("?") ? "&" : "?"}page=${page}&page_size=1000`);
+    results.push(...body.results);
+    if (!body.next) return results;
+  }
+}
+
+// A task's labels (sublabels inside their skeletons): CVAT keeps them out of the task, which has
+// only their URL (and its jobs' count and URL).
+export const taskLabels = (taskId) => listAll(`/api/labels?task_id=${taskId}`);
+
 // Errors are shown in words at the top of the page until dismissed; never swallowed.
 export function showError(error) {
   const message = error instanceof ApiError ? error.message : String(error && error.message || error);

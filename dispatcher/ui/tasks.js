@@ -1,6 +1,6 @@
 // Tasks: the list, creating a task (labels with attributes, uploaded or server files), and one
 // task's page with its requests, exports and the Automatic annotation dialog.
-import {api, guarded, showError} from "./api.js";
+import {api, guarded, listAll, showError, taskLabels} from "./api.js";
 import {openAnnotateDialog, requestsPanel} from "./annotate.js";
 import {field, h} from "./dom.js";
 import {labelList} from "./models.js";
@@ -28,14 +28,18 @@ export async function tasksPage(view) {
       });
       return;
     }
-    list.replaceChildren(results.length ? tasksTable(results, refresh, requests.refresh)
+    // Every task's labels in one list (CVAT's task holds only their URL), by task.
+    const labels = new Map(results.map((task) => [task.id, []]));
+    for (const label of results.length ? await listAll("/api/labels") : []) labels.get(label.task_id)?.push(label);
+    list.replaceChildren(results.length ? tasksTable(results, labels, refresh, requests.refresh)
       : h("p", {}, "No tasks yet: create one below."));
   }
   await refresh();
   return requests.stop;
 }
 
-function tasksTable(tasks, refresh, refreshRequests) {
+// labels: task id -> the task's labels.
+function tasksTable(tasks, labels, refresh, refreshRequests) {
   return h("table", {"aria-label": "Tasks"},
     h("thead", {}, h("tr", {}, ["Id", "Name", "Frames", "Annotations", "Labels", "Actions"].map((text) => h("th", {scope: "col"}, text)))),
     h("tbody", {}, tasks.map((task) => h("tr", {dataset: {task: task.id}},
@@ -43,7 +47,7 @@ function tasksTable(tasks, refresh, refreshRequests) {
       h("td", {}, h("a", {href: `#/tasks/${task.id}`}, task.name)),
       h("td", {class: "frames"}, String(task.size)),
       h("td", {class: "annotations"}, String(task.annotations_count)),
-      h("td", {}, task.labels.map((label) => label.name).join(", ")),
+      h("td", {}, labels.get(task.id).map((label) => label.name).join(", ")),
       h("td", {class: "buttons"},
         h("a", {class: "button quiet", href: `#/tasks/${task.id}/frames/0`, "aria-label": `View task ${task.name}`}, "View"),
         h("button", {type: "button", "aria-label": `Automatic annotation of task ${task.name}`,
@@ -212,7 +216,7 @@ export function framesPicker() {
 }
 
 export async function taskPage(view, taskId) {
-  const task = await api("GET", `/api/tasks/${taskId}`);
+  const [task, labels] = await Promise.all([api("GET", `/api/tasks/${taskId}`), taskLabels(taskId)]);
   const requests = requestsPanel(taskId, () => refreshTask());
   const numbers = h("p", {class: "task-numbers"});
   const frames = framesPicker();
@@ -226,7 +230,7 @@ export async function taskPage(view, taskId) {
   async function refreshTask() {
     Object.assign(task, await api("GET", `/api/tasks/${taskId}`));
     numbers.replaceChildren(`${task.size} frames · ${task.annotations_count} annotations · `,
-      `${task.jobs.length} job(s) · created ${new Date(task.created_date).toLocaleString()}`);
+      `${task.jobs.count} job(s) · created ${new Date(task.created_date).toLocaleString()}`);
   }
   await refreshTask();
 
@@ -247,7 +251,7 @@ export async function taskPage(view, taskId) {
       h("button", {type: "button", class: "quiet", onclick: download("coco")}, "Export COCO"),
       h("button", {type: "button", class: "quiet", onclick: download("cvat")}, "Export CVAT XML"),
       h("button", {type: "button", class: "danger", onclick: (event) => deleteTask(task, event.currentTarget, () => { location.hash = "#/tasks"; })}, "Delete task")),
-    h("section", {class: "card", "aria-labelledby": "labels-title"}, h("h2", {id: "labels-title"}, "Labels"), labelList(task.labels)),
+    h("section", {class: "card", "aria-labelledby": "labels-title"}, h("h2", {id: "labels-title"}, "Labels"), labelList(labels)),
     h("section", {class: "card", "aria-labelledby": "requests-title"}, h("h2", {id: "requests-title"}, "Annotation requests"), requests.element),
     h("section", {class: "card", "aria-labelledby": "add-title"}, h("h2", {id: "add-title"}, "Add frames"), frames.element,
       h("div", {class: "buttons"}, addButton)));

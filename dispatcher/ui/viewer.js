@@ -2,7 +2,7 @@
 // the frame) drawn, keyboard stepping, and CVAT's AI tools on it: interactors (left click
 // positive, right click negative, a box first where the function starts with one) and "Detect"
 // with a detector on this frame only, both optionally inside a region (CVAT's roi).
-import {api, guarded, showError} from "./api.js";
+import {api, guarded, showError, taskLabels} from "./api.js";
 import {describeRegion, REGION_COLOUR} from "./annotate.js";
 import {field, h, labelColour} from "./dom.js";
 import {decodeMask, encodeMask} from "./masks.js";
@@ -11,8 +11,9 @@ import {decodeMask, encodeMask} from "./masks.js";
 const regions = new Map();
 
 export async function viewerPage(view, taskId, frameNumber) {
-  const [task, meta, functions] = await Promise.all([
-    api("GET", `/api/tasks/${taskId}`), api("GET", `/api/tasks/${taskId}/data/meta`), api("GET", "/api/lambda/functions")]);
+  const [task, taskLabelList, meta, functions] = await Promise.all([
+    api("GET", `/api/tasks/${taskId}`), taskLabels(taskId), api("GET", `/api/tasks/${taskId}/data/meta`),
+    api("GET", "/api/lambda/functions")]);
   if (!meta.size) {
     view.replaceChildren(h("p", {}, h("a", {href: `#/tasks/${taskId}`}, `← Task ${taskId}`)),
       h("h1", {}, task.name), h("p", {}, "This task has no frames yet."));
@@ -22,7 +23,7 @@ export async function viewerPage(view, taskId, frameNumber) {
     location.hash = `#/tasks/${taskId}/frames/${meta.size - 1}`;
     return;
   }
-  const labels = flatLabels(task.labels);
+  const labels = flatLabels(taskLabelList);
   const frameInfo = meta.frames[frameNumber];
   const canvas = h("canvas", {width: frameInfo.width, height: frameInfo.height, tabindex: "0",
     "aria-label": `Frame ${frameNumber} (${frameInfo.name}) with its annotations; left click adds a positive point, right click a negative one; after "Draw region", drag the region`});
