@@ -345,6 +345,51 @@ def test_compose_and_the_build_script_name_the_same_images(recording_tools):
 
 # Kubernetes
 
+# In front of CVAT
+
+def test_the_cvat_override_routes_api_lambda_to_the_dispatcher():
+    vendored = resources.files("check_jsonschema.builtin_schemas.vendor")
+    override = compose_file(REPO / "deploy/cvat/docker-compose.autoannotate.yml")
+    jsonschema.validate(override, json.loads(vendored.joinpath("compose-spec.json").read_text()))
+    services = override["services"]
+    api, worker = services["autoannotate_api"], services["autoannotate_worker"]
+    assert api["environment"] == worker["environment"]
+    assert set(api["environment"]) <= DISPATCHER_SETTINGS and "API_TOKEN" not in api["environment"]
+    assert api["environment"]["CVAT_URL"] == "http://cvat_server:8080"  # CVAT's own service and port
+    assert api["environment"]["REDIS_URL"].startswith("redis://autoannotate_redis:")
+    assert api["environment"]["DATABASE_URL"].startswith("postgresql://") and "@autoannotate_postgres/" in \
+        api["environment"]["DATABASE_URL"]  # not SQLite: a write to CVAT holds a row, not the database
+    assert {"autoannotate_redis", "autoannotate_postgres"} <= set(api["depends_on"])
+    assert api["command"][-4:] == ["--host", "0.0.0.0", "--port", "8000"] and worker["command"][-1] == "worker"
+    labels = dict(label.split("=", 1) for label in api["labels"])
+    assert labels["traefik.http.routers.autoannotate.rule"].endswith("&& PathPrefix(`/api/lambda`)")
+    assert labels["traefik.http.services.autoannotate.loadbalancer.server.port"] == "8000"
+    assert int(labels["traefik.http.routers.autoannotate.priority"]) > 100  # above CVAT's /api/ router
+    assert all(service.get("networks") == ["cvat"] for service in services.values())  # CVAT's network
+
+
+def test_the_cvat_kubernetes_overlay_routes_api_lambda_and_replaces_the_secrets():
+    folder = REPO / "deploy/kubernetes/cvat"
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert "../" in kustomization["resources"]
+    (ingress,) = yaml.safe_load_all((folder / "ingress.yaml").read_text())
+    (settings,) = yaml.safe_load_all((folder / "cvat-settings.yaml").read_text())
+    for doc in (ingress, settings):
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert (path["path"], path["pathType"], path["backend"]["service"]["port"]["number"]) == ("/api/lambda", "Prefix",
+                                                                                               8000)
+    assert path["backend"]["service"]["name"] in {doc["metadata"]["name"] for _, doc in manifests()
+                                                  if doc["kind"] == "Service"}
+    assert settings["metadata"]["name"] == "dispatcher-settings" and settings["data"]["CVAT_URL"].startswith("http")
+    (secrets,) = kustomization["secretGenerator"]
+    assert (secrets["name"], secrets["behavior"]) == ("dispatcher-secrets", "replace")
+    keys = {line.split("=", 1)[0] for line in (folder / "secrets.env.example").read_text().splitlines()
+            if line and not line.startswith("#")}
+    assert "CVAT_TOKEN" in keys and "API_TOKEN" not in keys
+    assert "deploy/kubernetes/cvat/secrets.env" in (REPO / ".gitignore").read_text()
+
+
 def manifests() -> list[tuple[Path, dict]]:
     return [(path, doc) for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
 
