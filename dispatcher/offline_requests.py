@@ -61,12 +61,13 @@ def start(services: ApiServices, function_id: str, body: OfflineRequest | Annota
         units = reid.pairs(services.store.rectangles(task, frames), frames)
     settings = services.settings
     # A chunk's worst case: every unit waits the full timeout on every attempt.
-    job_timeout = int(settings.chunk_size * settings.nuclio_timeout * (settings.frame_retries + 1)) + 60
+    unit_timeout = settings.nuclio_timeout * (settings.frame_retries + 1)
     run = submission.submit(services.book, services.queue, Target(task, job), function.id, parameters, units,
-                         settings.chunk_size, job_timeout, kind,
-                         begin=lambda run: services.store.begin_run(run.request_id, run.id, task, job,
-                                                                   cleanup=parameters.get("cleanup", False)),
-                         owner=caller.owner if caller is not None else None)
+                            settings.chunk_size, unit_timeout, kind,
+                            begin=lambda run: services.store.begin_run(run.request_id, run.id, task, job,
+                                                                      cleanup=parameters.get("cleanup", False)),
+                            owner=caller.owner if caller is not None else None,
+                            block=services.store.frames_per_read(task))
     return request_object(services.book.get_run(run.id))
 
 

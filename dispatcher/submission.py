@@ -17,18 +17,27 @@ CHUNK_FAILED = "dispatcher.chunks.chunk_failed"  # RQ's failure callback of a ch
 CHUNK_RETRIES = 3
 
 
-def plan_chunks(units: list[int], chunk_size: int) -> list[list[int]]:
-    """Consecutive runs of at most ``chunk_size`` units, in order: one RQ job each, never one per unit."""
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be at least 1")
-    return [units[start:start + chunk_size] for start in range(0, len(units), chunk_size)]
+def plan_chunks(units: list[int], chunk_size: int, block: int = 1) -> list[list[int]]:
+    """Consecutive runs of about ``chunk_size`` units, in order: one RQ job each, never one per unit.
+    With ``block`` > 1 (frames the task store reads together: CVAT's chunks), a chunk holds whole
+    blocks, as many as come closest to ``chunk_size`` frames, so no block is read by two chunks."""
+    if chunk_size < 1 or block < 1:
+        raise ValueError("chunk_size and block must be at least 1")
+    if block == 1:
+        return [units[start:start + chunk_size] for start in range(0, len(units), chunk_size)]
+    span = block * max(1, round(chunk_size / block))
+    chunks: dict[int, list[int]] = {}
+    for unit in units:
+        chunks.setdefault(unit // span, []).append(unit)
+    return list(chunks.values())
 
 
 def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str, parameters: dict,
-           units: list[int], chunk_size: int, job_timeout: int, kind: str = "detector",
-           begin=lambda run: None, owner: dict | None = None) -> Run:
+           units: list[int], chunk_size: int, unit_timeout: float, kind: str = "detector",
+           begin=lambda run: None, owner: dict | None = None, block: int = 1) -> Run:
     """Record a run and enqueue one RQ job per chunk of its units; raises Conflict (409).
-    ``begin(run)`` runs before any chunk is queued (the task store fences its writes by run)."""
+    ``begin(run)`` runs before any chunk is queued (the task store fences its writes by run). A
+    chunk may run for ``unit_timeout`` per unit, and a minute more."""
     run = book.create(target, function_id, parameters, units, kind, owner)
     try:
         begin(run)
@@ -37,12 +46,12 @@ def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str,
         raise
     # No units (ReID on a target without pairs) is still one chunk: its worker ends the run, and a
     # ReID run's end is where rectangles become tracks.
-    chunks = plan_chunks(units, chunk_size) or [[]]
+    chunks = plan_chunks(units, chunk_size, block) or [[]]
     # RQ job ids allow letters, digits, '-' and '_' only, so chunks get ids of their own.
     job_ids = [f"autoannotate-{target.kind}-{target.id}-{run.id[:12]}-{index}" for index in range(len(chunks))]
     book.add_chunk_jobs(run.id, job_ids)
     for job_id, chunk in zip(job_ids, chunks):
-        queue.enqueue(CHUNK_FUNCTION, run.id, chunk, job_id=job_id, job_timeout=job_timeout,
+        queue.enqueue(CHUNK_FUNCTION, run.id, chunk, job_id=job_id, job_timeout=int(len(chunk) * unit_timeout) + 60,
                       result_ttl=book.finished_ttl, failure_ttl=book.failed_ttl,
                       retry=rq.Retry(max=CHUNK_RETRIES), on_failure=rq.Callback(CHUNK_FAILED))
     return run

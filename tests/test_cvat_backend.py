@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import io
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import sqlite3
 import threading
 import time
 import types
+import zipfile
 from collections import Counter
 
 import httpx
@@ -27,6 +29,7 @@ from dispatcher.authentication import django_csrf_secret
 from dispatcher.cvat.client import CvatClient
 from dispatcher.cvat.store import CvatStore
 from dispatcher.folder import child_pids
+from dispatcher.store import NotFound
 
 from helpers import PROBE, REPO, TESTDATA, TOKEN, Stack, copy_function, free_port, serve_platform, wait_until
 
@@ -45,13 +48,18 @@ class FaultyProxy:
     - with ``stall = (method, process, seconds)``, the next call of that method finds CVAT's process
       stopped (SIGSTOP) and waits in CVAT's queue until it resumes, ``seconds`` later;
     - with ``hold = (method, seconds)``, the next call of that method is held here that long before
-      it reaches CVAT, as a busy front end or a queue before CVAT's workers would."""
+      it reaches CVAT, as a busy front end or a queue before CVAT's workers would;
+    - with ``cut = n``, the next chunk download stops after n bytes (the connection drops);
+    - with ``rezip``, chunks are written again as ZIPs whose members' sizes come after their data
+      (as ``zipfile`` writes to a pipe): valid, but not readable front to back."""
 
     def __init__(self, target: str):
         self.target = target
         self.lose: dict[str, int] = {}
         self.stall: tuple[str, int, float] | None = None
         self.hold: tuple[str, float] | None = None
+        self.cut: int | None = None
+        self.rezip = False
         self.lost: list[str] = []
         self.unreachable = 0  # calls made while CVAT was down
         self.stalled: Counter = Counter()  # calls by method that CVAT answered only after CVAT_TIMEOUT
@@ -86,13 +94,19 @@ class FaultyProxy:
                     proxy.lost.append(f"{self.command} {self.path}")
                     self.close_connection = True
                     return
+                content, chunk = reply.content, "type=chunk" in self.path
+                if chunk and proxy.rezip:
+                    content = zip_to_a_pipe(content)
                 self.send_response(reply.status_code)
                 for key, value in reply.headers.items():
                     if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(reply.content)))
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(reply.content)
+                if chunk and proxy.cut is not None:
+                    content, proxy.cut = content[:proxy.cut], None
+                    self.close_connection = True
+                self.wfile.write(content)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 
@@ -106,6 +120,27 @@ class FaultyProxy:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+class Pipe(io.RawIOBase):
+    def __init__(self):
+        self.parts = []
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.parts.append(bytes(data))
+        return len(data)
+
+
+def zip_to_a_pipe(content: bytes) -> bytes:
+    """The same members, written by ``zipfile`` to an unseekable file: sizes in data descriptors."""
+    pipe = Pipe()
+    with zipfile.ZipFile(io.BytesIO(content)) as source, zipfile.ZipFile(pipe, "w") as target:
+        for member in source.infolist():
+            target.writestr(member.filename, source.read(member))
+    return b"".join(pipe.parts)
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +263,28 @@ def test_reid_links_cvats_rectangles_into_tracks(stack, cvat):
     assert [track["shapes"][0]["points"] for track in tracks] == boxes
 
 
+def test_frames_come_from_cvats_chunks_however_they_arrive(cvat, proxy, tmp_path):
+    """The workers' reads: members streamed from each chunk (36 frames: two chunks), a download
+    that drops half-way resumed, and a ZIP that cannot be read front to back read whole. Every
+    frame's bytes are the file CVAT was given."""
+    images = COCO_IMAGES[:36]
+    task = cvat.task(THING, images)
+    for fault in ("none", "cut", "rezip"):
+        proxy.cut = 3_000_000 if fault == "cut" else None
+        proxy.rezip = fault == "rezip"
+        store = CvatStore(CvatClient(proxy.url, CVAT_TIMEOUT, token=TOKEN), None, tmp_path / fault, 30, chunks=True)
+        try:
+            store.prepare(task["id"], list(range(36)))
+            assert store.frames_per_read(task["id"]) == 32
+            assert [store.frame_bytes(task["id"], frame) for frame in range(36)] == [p.read_bytes() for p in images]
+            with pytest.raises(NotFound):
+                store.frame_bytes(task["id"], 36)
+        finally:
+            store.close()
+        assert proxy.cut is None  # the fault happened
+    proxy.rezip = False
+
+
 # Who may do what
 
 def test_callers_are_who_cvat_says_they_are(stack, cvat):
@@ -293,12 +350,12 @@ def test_a_worker_killed_mid_run_writes_every_frame_once(stack, cvat):
 
 
 def test_a_write_whose_answer_is_lost_is_not_repeated(stack, cvat, proxy):
-    task = cvat.task(THING, COCO_IMAGES[:32])
-    proxy.lose["PATCH"] = 2  # CVAT applies two chunks' writes; their answers never arrive
+    task = cvat.task(THING, COCO_IMAGES[:64])  # two chunks: one per CVAT chunk of 32 frames
+    proxy.lose["PATCH"] = 2  # CVAT applies both chunks' writes; their answers never arrive
     request = stack.wait(run_probe(stack, task["id"]), 180)
     assert len(proxy.lost) == 2 and all("action=create" in call for call in proxy.lost)
-    assert (request["status"], request["frames"]["done"]) == ("finished", 32)
-    assert frames_of(cvat, task["id"]) == Counter(dict.fromkeys(range(32), 1))
+    assert (request["status"], request["frames"]["done"]) == ("finished", 64)
+    assert frames_of(cvat, task["id"]) == Counter(dict.fromkeys(range(64), 1))
 
 
 def test_a_write_applied_but_not_recorded_is_found_in_cvat(stack, cvat, tmp_path):
@@ -368,12 +425,12 @@ def test_a_write_cvat_applies_after_the_timeout_is_found_not_repeated(stack, cva
 
 
 def test_cancel_keeps_what_cvat_has(stack, cvat):
-    task = cvat.task(THING, COCO_IMAGES[:64])
+    task = cvat.task(THING, COCO_IMAGES * 2)  # 256 frames: 8 chunks, 2 workers
     rid = run_probe(stack, task["id"])
     wait_until(lambda: stack.ok("GET", f"/api/lambda/requests/{rid}")["frames"]["done"] >= 16, 60, "a chunk to finish")
     stack.ok("DELETE", f"/api/lambda/requests/{rid}", 204)
     request = stack.wait(rid)
     assert request["status"] == "failed" and request["cancel_requested"]
-    assert 16 <= request["frames"]["done"] < 64
+    assert 16 <= request["frames"]["done"] < 256
     written = frames_of(cvat, task["id"])
     assert set(written.values()) == {1} and len(written) == request["frames"]["done"]

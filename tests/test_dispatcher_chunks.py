@@ -95,6 +95,19 @@ def shapes_by_frame(services, task) -> dict[int, list[dict]]:
     return shapes
 
 
+def test_chunks_hold_whole_blocks_of_what_the_store_reads_together():
+    assert plan_chunks(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    # CVAT's chunks of 72 frames, CHUNK_SIZE 64: one CVAT chunk per RQ chunk, never split.
+    assert [(c[0], c[-1], len(c)) for c in plan_chunks(list(range(150)), 64, 72)] == [(0, 71, 72), (72, 143, 72),
+                                                                                       (144, 149, 6)]
+    # Chunks of 10: six make 60 frames, the closest to 64.
+    assert [(c[0], c[-1]) for c in plan_chunks(list(range(130)), 64, 10)] == [(0, 59), (60, 119), (120, 129)]
+    # A job's frames, or frames with deleted ones left out: grouped by the blocks they are in.
+    assert plan_chunks([70, 71, 72, 80, 150, 200], 64, 72) == [[70, 71], [72, 80], [150, 200]]
+    # Blocks larger than CHUNK_SIZE: one block per chunk.
+    assert plan_chunks(list(range(5, 12)), 2, 4) == [[5, 6, 7], [8, 9, 10, 11]]
+
+
 def test_a_request_in_two_chunks_annotates_every_frame_with_task_label_ids(services):
     task = new_task(services.store)
     rid = run_request(services, task, threshold=0.3)
@@ -216,7 +229,7 @@ def test_chunks_run_on_real_rq_worker_processes(platform, tmp_path):
         book = RequestBook(client, 1800, 10800)
         frames = list(range(task["size"]))
         run = submit(book, rq.Queue(QUEUE, connection=client), Target(task["id"]), YOLO, {"threshold": 0.3},
-                     frames, chunk_size=2, job_timeout=300,
+                     frames, chunk_size=2, unit_timeout=100,
                      begin=lambda run: store.begin_run(run.request_id, run.id, task["id"]))
         rid = run.request_id
         assert len(book.chunk_jobs(run.id)) == 3 and book.get(rid)["status"] == "queued"

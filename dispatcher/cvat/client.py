@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -72,6 +73,10 @@ class CvatClient:
             raise CvatUnavailable(f"CVAT at {self.url} did not answer {method} {path} in time") from None
         except httpx.HTTPError as error:
             raise CvatUnavailable(f"CVAT at {self.url} cannot be reached ({method} {path}): {error}") from None
+        return self._check(response, method, path)
+
+    @staticmethod
+    def _check(response: httpx.Response, method: str, path: str) -> httpx.Response:
         if response.status_code >= 500:
             raise CvatUnavailable(f"CVAT answered {response.status_code} to {method} {path}: {message_of(response)}")
         if response.status_code == 404:
@@ -128,6 +133,16 @@ class CvatClient:
     def chunk(self, task_id: int, number: int) -> bytes:
         """A chunk of the task's frames as stored (a ZIP of the original files, in frame order)."""
         return self.read(f"/api/tasks/{task_id}/data", type="chunk", number=number, quality="original").content
+
+    def stream_chunk(self, task_id: int, number: int) -> Iterator[bytes]:
+        """A chunk of the task's frames as stored (a ZIP of the original files, in frame order), as
+        its bytes arrive. Not retried here: a reader that got part of it knows where to resume."""
+        with self.http.stream("GET", f"/api/tasks/{task_id}/data", headers=self._headers(),
+                              params={"type": "chunk", "number": number, "quality": "original"}) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._check(response, "GET", f"/api/tasks/{task_id}/data?type=chunk&number={number}")
+            yield from response.iter_bytes()
 
     def frame(self, task_id: int, number: int) -> bytes:
         """One frame's file as stored."""

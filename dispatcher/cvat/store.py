@@ -29,11 +29,13 @@ from collections import Counter, OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 from sqlalchemy import JSON, Boolean, Column, Integer, MetaData, String, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from stream_unzip import NotStreamUnzippable, UnzipError, stream_unzip
 
 from dispatcher.converter import TaskAttribute, TaskLabel
-from dispatcher.cvat.client import CvatClient, CvatUnavailable
+from dispatcher.cvat.client import READ_PATIENCE, CvatClient, CvatUnavailable
 from dispatcher.store import InvalidInput, NotFound, StaleRun
 from dispatcher.store.tables import open_engine
 
@@ -55,7 +57,7 @@ cvat_frames = Table(
     Column("written", Boolean, nullable=False),
     Column("content", JSON, nullable=False),  # {"tags": [...], "shapes": [...]}
 )
-CACHED_CHUNKS = 4  # per worker process: the chunk in use, the next one, and a little slack
+CACHED_CHUNKS = 4  # per worker process: a chunk's CVAT chunks (one, as chunks are planned) and slack
 WRITE_PATIENCE = 300  # seconds a write waits for CVAT to come back (restarts, 5xx) before the chunk fails
 
 
@@ -64,8 +66,8 @@ class CvatStore:
 
     def __init__(self, client: CvatClient, database_url: str | None, data_dir: Path, cache_seconds: float,
                  *, chunks: bool):
-        """``chunks``: read frames by CVAT's chunks, the next fetched ahead (the workers, which go
-        through every frame); else one frame per request (the API's online calls)."""
+        """``chunks``: read frames by CVAT's chunks, streamed (the workers, which go through every
+        frame); else one frame per request (the API's online calls)."""
         self.cvat = client
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -73,23 +75,55 @@ class CvatStore:
         self._postgres = self._engine.dialect.name == "postgresql"
         metadata.create_all(self._engine)
         self._cache_seconds = cache_seconds
-        self._cached: dict[tuple, tuple[float, object]] = {}
-        self._chunks = _ChunkCache(client) if chunks else None
+        self._cached: dict[tuple, tuple[float, Future]] = {}
+        self._lock = threading.Lock()
+        self._loads = ThreadPoolExecutor(4, thread_name_prefix="cvat-reads")
+        self._chunks = _ChunkStreams(client) if chunks else None
 
     def close(self) -> None:
         if self._chunks is not None:
             self._chunks.close()
+        self._loads.shutdown(wait=False, cancel_futures=True)
         self._engine.dispose()
         self.cvat.close()
 
-    def _remember(self, key: tuple, load):
-        """CVAT's task, labels and frame sizes change rarely within a run; ask again after a while."""
+    def _load(self, key: tuple, load) -> Future:
+        """CVAT's task, labels, jobs and frame sizes change rarely within a run: read once a while,
+        in the background, so that several reads wait for CVAT side by side."""
         now = time.monotonic()
-        hit = self._cached.get(key)
-        if hit is None or now - hit[0] > self._cache_seconds:
-            hit = (now, load())
-            self._cached[key] = hit
+        with self._lock:
+            hit = self._cached.get(key)
+            if hit is None or now - hit[0] > self._cache_seconds or (hit[1].done() and hit[1].exception()):
+                hit = (now, self._loads.submit(load))
+                self._cached[key] = hit
         return hit[1]
+
+    def _remember(self, key: tuple, load):
+        return self._load(key, load).result()
+
+    def prepare(self, task_id: int, frames: list[int]) -> None:
+        """A chunk is about to read these frames: ask CVAT for what it will need at once, the task's
+        description and its frames' CVAT chunks (streamed, so the first frames are there early)."""
+        self._load(("task", task_id), lambda: self.cvat.task(task_id))
+        self._load(("labels", task_id), lambda: self.cvat.labels(task_id))
+        self._load(("meta", task_id), lambda: self.cvat.data_meta(task_id))
+        self._load(("jobs", task_id), lambda: self._annotation_jobs(task_id))
+        if self._chunks is not None and frames:
+            self._loads.submit(self._start_chunks, task_id, frames)
+
+    def _start_chunks(self, task_id: int, frames: list[int]) -> None:
+        try:
+            task = self.get_task(task_id)
+        except Exception:  # noqa: BLE001 - the chunk's own reads meet the error and report it
+            return
+        if task["chunks_of_images"]:
+            for number in sorted({frame // task["data_chunk_size"] for frame in frames}):
+                self._chunks.start(task_id, number)
+
+    def frames_per_read(self, task_id: int) -> int:
+        """Frames CVAT serves in one read (an original-quality chunk); chunks are planned by them."""
+        task = self.get_task(task_id)
+        return task["data_chunk_size"] if task["chunks_of_images"] and task["data_chunk_size"] else 1
 
     # Tasks, jobs, frames
 
@@ -142,7 +176,11 @@ class CvatStore:
             raise NotFound(f"task {task_id} has no frame {frame}")
         if self._chunks is None or not task["chunks_of_images"]:
             return self.cvat.frame(task_id, frame)
-        return self._chunks.frame(task_id, frame, task["data_chunk_size"], task["size"])
+        number, index = divmod(frame, task["data_chunk_size"])
+        data = self._chunks.start(task_id, number).member(index)
+        if data is None:
+            raise NotFound(f"task {task_id} has no frame {frame}")
+        return data
 
     def task_labels(self, task_id: int) -> tuple[TaskLabel, ...]:
         def task_label(label: dict) -> TaskLabel:
@@ -256,9 +294,7 @@ class CvatStore:
 
     def _by_job(self, task_id: int, frames: list[int]) -> dict[int, list[int]]:
         """Frames grouped by the annotation job that holds them (the first, where jobs overlap)."""
-        jobs = self._remember(("jobs", task_id), lambda: sorted(
-            (job for job in self.cvat.jobs(task_id) if job.get("type", "annotation") == "annotation"),
-            key=lambda job: job["start_frame"]))
+        jobs = self._remember(("jobs", task_id), lambda: self._annotation_jobs(task_id))
         meta = self._meta(task_id)
         start, step = meta["start_frame"], _step(meta["frame_filter"])
         grouped: dict[int, list[int]] = {}
@@ -269,6 +305,10 @@ class CvatStore:
                 raise NotFound(f"task {task_id}: no annotation job holds frame {frame}")
             grouped.setdefault(job["id"], []).append(frame)
         return grouped
+
+    def _annotation_jobs(self, task_id: int) -> list[dict]:
+        return sorted((job for job in self.cvat.jobs(task_id) if job.get("type", "annotation") == "annotation"),
+                      key=lambda job: job["start_frame"])
 
     @staticmethod
     def _mark_written(connection, run: str, frames: set[int]) -> None:
@@ -341,38 +381,96 @@ def _step(frame_filter: str) -> int:
     return 1
 
 
-class _ChunkCache:
-    """CVAT's original-quality chunks, a few at a time per process, the next one fetched ahead."""
+class _ChunkStreams:
+    """CVAT's original-quality chunks, streamed: a ZIP's members in frame order, each usable as soon
+    as it has arrived (``stream_unzip`` reads a ZIP front to back, where ``zipfile`` needs its end
+    first). A few chunks are kept per process; a broken download starts again, skipping what came."""
 
     def __init__(self, client: CvatClient):
         self.client = client
-        self._chunks: OrderedDict[tuple[int, int], Future] = OrderedDict()
+        self._streams: OrderedDict[tuple[int, int], _ChunkStream] = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="cvat-chunks")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _future(self, task_id: int, number: int) -> Future:
+    def start(self, task_id: int, number: int) -> _ChunkStream:
         with self._lock:
-            future = self._chunks.get((task_id, number))
-            if future is None or (future.done() and future.exception() is not None):
-                future = self._pool.submit(self._load, task_id, number)
-                self._chunks[(task_id, number)] = future
-            self._chunks.move_to_end((task_id, number))
-            while len(self._chunks) > CACHED_CHUNKS:
-                self._chunks.popitem(last=False)
-            return future
+            stream = self._streams.get((task_id, number))
+            if stream is None or stream.failed:
+                stream = _ChunkStream()
+                self._streams[(task_id, number)] = stream
+                self._pool.submit(self._download, task_id, number, stream)
+            self._streams.move_to_end((task_id, number))
+            while len(self._streams) > CACHED_CHUNKS:
+                self._streams.popitem(last=False)
+            return stream
 
-    def _load(self, task_id: int, number: int) -> list[bytes]:
-        with zipfile.ZipFile(io.BytesIO(self.client.chunk(task_id, number))) as archive:
-            return [archive.read(member) for member in archive.infolist()]  # in frame order, as CVAT writes them
+    def _download(self, task_id: int, number: int, stream: _ChunkStream) -> None:
+        try:
+            self._receive(task_id, number, stream)
+        except Exception as error:  # noqa: BLE001 - whoever waits for a member gets it
+            stream.end(error)
+        else:
+            stream.end()
 
-    def frame(self, task_id: int, frame: int, chunk_size: int, size: int) -> bytes:
-        number, index = divmod(frame, chunk_size)
-        members = self._future(task_id, number).result()
-        if (number + 1) * chunk_size < size:
-            self._future(task_id, number + 1)  # ahead: the next frames' calls need not wait for it
-        if index >= len(members):
-            raise NotFound(f"task {task_id} has no frame {frame}")
-        return members[index]
+    def _receive(self, task_id: int, number: int, stream: _ChunkStream) -> None:
+        deadline, pause = time.monotonic() + READ_PATIENCE, 0.5
+        while True:
+            try:
+                for index, (_name, _size, pieces) in enumerate(stream_unzip(
+                        self.client.stream_chunk(task_id, number))):
+                    data = b"".join(pieces)
+                    if index >= stream.count:  # a restarted download skips what came before
+                        stream.add(data)
+                return
+            except NotStreamUnzippable:  # sizes only after the members' data: read the ZIP whole
+                with zipfile.ZipFile(io.BytesIO(self.client.chunk(task_id, number))) as archive:
+                    for index, member in enumerate(archive.infolist()):
+                        if index >= stream.count:
+                            stream.add(archive.read(member))
+                return
+            except (CvatUnavailable, UnzipError, httpx.HTTPError):
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 15.0)
+
+
+class _ChunkStream:
+    """One chunk's members as they arrive, and how its download ended."""
+
+    def __init__(self):
+        self._members: list[bytes] = []
+        self._ended = False
+        self._error: Exception | None = None
+        self._arrived = threading.Condition()
+
+    @property
+    def count(self) -> int:
+        return len(self._members)
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def add(self, data: bytes) -> None:
+        with self._arrived:
+            self._members.append(data)
+            self._arrived.notify_all()
+
+    def end(self, error: Exception | None = None) -> None:
+        with self._arrived:
+            self._ended, self._error = True, error
+            self._arrived.notify_all()
+
+    def member(self, index: int) -> bytes | None:
+        """The index-th member (None if the chunk has fewer), once it has arrived."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: index < len(self._members) or self._ended)
+            if index < len(self._members):
+                return self._members[index]
+            if self._error is not None:
+                raise self._error
+            return None

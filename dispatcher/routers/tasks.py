@@ -4,8 +4,9 @@ as cvat-sdk reads them (docs/wire-format.md §3.9)."""
 from __future__ import annotations
 
 import io
-import zipfile
+import stat
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -13,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from stream_zip import NO_COMPRESSION_32, stream_zip
 
 from dispatcher import rest_shapes
 from dispatcher.dependencies import Requests, TaskStore, authenticate
@@ -104,31 +106,11 @@ def _chunk(store, task_id: int, number: int) -> Response:
 
 def _zip_stream(files) -> Iterator[bytes]:
     """A ZIP of the files, one stored member per frame (``<frame>.<ext>``), written as it goes: only
-    one frame is in memory at a time."""
-    sink = _Sink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
-        for frame, _name, path in files:
-            archive.writestr(f"{frame:06d}{path.suffix.lower()}", path.read_bytes())
-            yield sink.take()
-    yield sink.take()
-
-
-class _Sink(io.RawIOBase):
-    """A write-only, unseekable file: zipfile then writes each member's sizes after its data."""
-
-    def __init__(self):
-        self.parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self.parts.append(bytes(data))
-        return len(data)
-
-    def take(self) -> bytes:
-        data, self.parts = b"".join(self.parts), []
-        return data
+    one frame is in memory at a time. Each member's size and CRC are in its local header, as in
+    CVAT's chunks, so a reader can take the members while the rest is still arriving."""
+    now = datetime.now()
+    return stream_zip(((f"{frame:06d}{path.suffix.lower()}", now, stat.S_IFREG | 0o644, NO_COMPRESSION_32,
+                        (path.read_bytes(),)) for frame, _name, path in files))
 
 
 @router.get("/api/tasks/{task_id}/data/meta")

@@ -273,6 +273,13 @@ class Store:
                 file.unlink(missing_ok=True)
             raise
 
+    def prepare(self, task_id: int, frames: list[int]) -> None:
+        """Nothing to fetch ahead: every frame is a file of its own here."""
+
+    def frames_per_read(self, task_id: int) -> int:
+        """One: frames are read one file at a time, so chunks are planned by CHUNK_SIZE alone."""
+        return 1
+
     def frame_bytes(self, task_id: int, frame: int) -> bytes:
         """The frame's file as it was uploaded (or as it is on the server)."""
         files = self.frame_files(task_id, frame, frame)
