@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis
@@ -109,6 +109,8 @@ def run_chunk(run: str, units: list[int], services: WorkerServices, chunk_id: st
         if services.book.cancel_requested(run):
             return {"skipped": True}
         services.book.mark_started(run)
+        reading = sorted({*units, *(unit + 1 for unit in units)}) if request["kind"] == "reid" else units
+        services.store.prepare(request["task"], reading)  # CVAT: its chunks start arriving now
         work = _match_pairs if request["kind"] == "reid" else _annotate_frames
         return work(request, units, services)
     finally:
@@ -164,22 +166,28 @@ def _function_or_fail(request: dict, units: list[int], services: WorkerServices)
 
 
 def _annotate_frames(request: dict, frames: list[int], services: WorkerServices) -> dict:
-    run, parameters, task = request["run"], request["parameters"], request["task"]
+    parameters, task = request["parameters"], request["task"]
     function = _function_or_fail(request, frames, services)
     if function is None:
         return {"frames": len(frames), "written": 0, "failed": len(frames), "canceled": 0}
-    try:
-        mapping = build_mapping(function.meta.labels, services.store.task_labels(task), parameters.get("mapping"))
-    except (MappingError, NotFound) as error:  # the task changed since the request was made
-        for frame in frames:
-            services.book.frame_failed(run, frame, f"cannot annotate: {error}")
-        return {"frames": len(frames), "written": 0, "failed": len(frames), "canceled": 0}
+    # The task's labels are needed only to convert the first answer: calls start without them
+    # (from CVAT they can take as long as the first frames to arrive).
+    with ThreadPoolExecutor(1) as background:
+        mapping = background.submit(lambda: build_mapping(function.meta.labels, services.store.task_labels(task),
+                                                          parameters.get("mapping")))
+        return _annotate_with(request, frames, services, function, mapping)
+
+
+def _annotate_with(request: dict, frames: list[int], services: WorkerServices, function, mapping: Future) -> dict:
+    run, parameters, task = request["run"], request["parameters"], request["task"]
     extra = {"threshold": parameters["threshold"]} if parameters.get("threshold") is not None else {}
     if parameters.get("conv_mask_to_poly"):  # for functions that make their own polygons (cvat-sdk ones)
         extra["conv_mask_to_poly"] = True
     region = tuple(parameters["roi"]) if parameters.get("roi") else None
 
     def annotate(frame: int):
+        if mapping.done() and isinstance(mapping.exception(), (MappingError, NotFound)):  # nothing could be kept
+            return UnitFailure(f"cannot annotate: {mapping.exception()}")
         data = services.store.frame_bytes(task, frame)
         if region is not None:
             try:
@@ -191,7 +199,9 @@ def _annotate_frames(request: dict, frames: list[int], services: WorkerServices)
         except GatewayError as error:
             return UnitFailure(f"function {function.id} answered {error.status}: {error.message}")
         try:
-            tags, shapes, _ = convert(items, mapping, frame, bool(parameters.get("conv_mask_to_poly")))
+            tags, shapes, _ = convert(items, mapping.result(), frame, bool(parameters.get("conv_mask_to_poly")))
+        except (MappingError, NotFound) as error:  # the task changed since the request was made
+            return UnitFailure(f"cannot annotate: {error}")
         except BadFunctionOutput as error:
             return UnitFailure(f"function {function.id} returned unusable results: {error}")
         if region is not None:
