@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-auth-on-network", action="store_true",
+                       help="serve an address other than loopback without API_TOKEN: anyone who can reach it "
+                            "can run functions and read, change and delete every task")
     worker = commands.add_parser("worker", help="run an RQ worker for annotation chunks (queue 'annotation')")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--name", help="the worker's name in RQ (default: RQ's)")
@@ -45,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 
         from dispatcher.api import create_app
 
+        if not (settings.api_token or settings.cvat_url or args.no_auth_on_network or _is_loopback(args.host)):
+            print(f"error: refusing to serve {args.host} without API_TOKEN: anyone who can reach it could run "
+                  "functions and read, change and delete every task. Set API_TOKEN, serve 127.0.0.1, or pass "
+                  "--no-auth-on-network to accept that risk", file=sys.stderr)
+            return 2
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
         return 0
@@ -63,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     except annotate.FolderError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def test_health_checks_call_endpoints_that_exist():
 def test_one_published_port_persistence_and_restart_policies():
     published = {name: service["ports"] for name, service in SERVICES.items() if "ports" in service}
     assert published == {"api": ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"]}  # localhost unless asked
-    assert "--appendonly" in SERVICES["redis"]["command"] and "redis:/data" in SERVICES["redis"]["volumes"]
+    assert "--appendonly yes" in " ".join(SERVICES["redis"]["command"]) and "redis:/data" in SERVICES["redis"]["volumes"]
     assert "postgres:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
     assert "data:/data" in SERVICES["api"]["volumes"] and "data:/data" in SERVICES["worker"]["volumes"]
     for name, service in SERVICES.items():
@@ -356,7 +356,7 @@ def test_the_cvat_override_routes_api_lambda_to_the_dispatcher():
     assert api["environment"] == worker["environment"]
     assert set(api["environment"]) <= DISPATCHER_SETTINGS and "API_TOKEN" not in api["environment"]
     assert api["environment"]["CVAT_URL"] == "http://cvat_server:8080"  # CVAT's own service and port
-    assert api["environment"]["REDIS_URL"].startswith("redis://autoannotate_redis:")
+    assert "@autoannotate_redis:6379/" in api["environment"]["REDIS_URL"]
     assert api["environment"]["DATABASE_URL"].startswith("postgresql://") and "@autoannotate_postgres/" in \
         api["environment"]["DATABASE_URL"]  # not SQLite: a write to CVAT holds a row, not the database
     assert {"autoannotate_redis", "autoannotate_postgres"} <= set(api["depends_on"])
