@@ -1,5 +1,6 @@
 """The local platform: a tree of functions behind the nuclio dashboard API subset CVAT uses."""
 
+import contextlib
 import json
 import os
 import signal
@@ -58,6 +59,37 @@ def test_error_states_say_why(platform):
 def test_get_one_function_and_404(platform):
     assert platform.http.get(f"/api/functions/{FACE}").json()["metadata"]["name"] == FACE
     assert platform.http.get("/api/functions/nope").status_code == 404
+
+
+@pytest.mark.parametrize("in_path, name, problem", [
+    ("Runtime-Probe", "Runtime-Probe", "lower case letters, digits or '-'"),  # never an alias of runtime-probe
+    ("..%2Ffunction_invocations", "../function_invocations", "got '../function_invocations'"),
+    ("runtime-probe%2F..%2Fruntime-probe", "runtime-probe/../runtime-probe", "got 'runtime-probe/../runtime-probe'"),
+    ("runtime-probe%0A", None, "got 'runtime-probe\\n'"),  # a header cannot carry a newline at all
+    ("runtime-probe%23x", "runtime-probe#x", "got 'runtime-probe#x'"),
+    ("runtime-probe/extra", "runtime-probe/extra", "got 'runtime-probe/extra'"),
+    ("-probe", "-probe", "start and end with a letter or digit"),
+    ("p" * 64, "p" * 64, "at most 63 characters, got 64"),
+])
+def test_function_names_are_dns_labels_or_400(platform, in_path, name, problem):
+    """nuclio's names (DNS-1123 labels): a malformed one is 400 saying why, in the path or in
+    x-nuclio-function-name, and never reaches another path or function."""
+    reply = platform.http.get(f"/api/functions/{in_path}")
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"].startswith("the path's function name: a function name must")
+    assert problem in reply.json()["error"]
+    if name is not None:
+        invoked = platform.http.post("/api/function_invocations", json={}, headers={"x-nuclio-function-name": name})
+        assert invoked.status_code == 400, invoked.text
+        assert invoked.json()["error"].startswith("x-nuclio-function-name: a function name must")
+        assert problem in invoked.json()["error"]
+
+
+def test_well_formed_unknown_names_are_404(platform):
+    assert platform.http.get("/api/functions/no-such-function").status_code == 404
+    reply = platform.http.post("/api/function_invocations", json={},
+                               headers={"x-nuclio-function-name": "no-such-function"})
+    assert reply.status_code == 404 and reply.json() == {"error": "function no-such-function not found"}
 
 
 def test_invocation_through_the_dashboard(platform):
@@ -181,3 +213,46 @@ def test_a_dead_processor_is_restarted_as_its_restart_policy_says(tmp_path):
         assert state("probe-stays-down")["message"] == "processor exited with code -9"
         os.kill(_processor_pid(platform, "probe-restarts"), signal.SIGKILL)  # past maximumRetryCount
         wait_until(lambda: state("probe-restarts")["state"] == "error", 30, "probe-restarts to stay down")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may be slow to collect it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _processors_of(tree: Path) -> list[int]:
+    """Every processor serving a function of ``tree``, whoever started it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _running(int(entry.name)):
+            with contextlib.suppress(OSError):
+                arguments = (entry / "cmdline").read_bytes().split(b"\0")
+                if b"serve" in arguments and any(a.startswith(str(tree).encode()) for a in arguments):
+                    found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_platform_takes_its_processors_and_workers_along(tmp_path):
+    """SIGKILL leaves the platform no chance to stop its processors: they end by themselves (their
+    workers too), so a restarted platform runs the only set."""
+    copy_function(PROBE, tmp_path / "a/nuclio")
+    copy_function(PROBE, tmp_path / "b/nuclio", **{"metadata.name": "other-probe"})
+    with serve_platform(tmp_path) as platform:
+        processors = _children(platform.process.pid)
+        workers = [worker for processor in processors for worker in _children(processor)]
+        assert len(processors) == 2 and len(workers) == 4
+        platform.process.kill()
+        platform.process.wait()
+        wait_until(lambda: not any(_running(pid) for pid in processors + workers), 10,
+                   "the processors and workers of the killed platform to end")
+    with serve_platform(tmp_path) as platform:
+        assert sorted(_processors_of(tmp_path)) == sorted(_children(platform.process.pid))
+        assert len(_processors_of(tmp_path)) == 2

@@ -43,6 +43,9 @@ def test_bad_durations(text):
 
 @pytest.mark.parametrize("changes, field", [
     ({"metadata.name": None}, "metadata.name"),
+    # CVAT's ids allow these; a name the dashboard API addresses is a DNS-1123 label.
+    ({"metadata.name": "Runtime_Probe"}, "metadata.name: a function name must consist of lower case letters"),
+    ({"metadata.name": "probe." + "p" * 60}, "metadata.name: a function name must be at most 63 characters"),
     ({"metadata.annotations.type": "classifier"}, "metadata.annotations.type"),
     ({"metadata.annotations.spec": '[{"name": "a"}, {"name": "a"}]'}, "metadata.annotations.spec"),
     ({"metadata.annotations.spec": '[{"name": "a", "type": "blob"}]'}, "metadata.annotations.spec"),

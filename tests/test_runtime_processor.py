@@ -30,6 +30,11 @@ def test_non_json_bodies_stay_bytes(probe):
     # nuclio parses only an exact application/json; broken JSON is left as bytes too.
     broken = probe.http.post("/", content=b"{not json", headers={"content-type": "application/json"}).json()
     assert (broken["body_type"], broken["body"]) == ("bytes", "{not json")
+    # So is JSON nested too deeply to parse (nuclio's wrapper keeps the bytes on any parse error).
+    deep = b"[" * 20_000 + b"]" * 20_000  # within the probe's maxRequestBodySize
+    nested = probe.http.post("/", content=deep, headers={"content-type": "application/json"})
+    assert nested.status_code == 200, nested.text[:300]
+    assert nested.json()["body_type"] == "bytes" and len(nested.json()["body"]) == len(deep)
 
 
 def test_spec_env_is_applied_and_common_comes_from_this_repository(probe):

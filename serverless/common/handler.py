@@ -10,17 +10,42 @@ extension ``{"images": [...], "threshold"?}`` with one list per image, in order.
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import math
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
+
+from serverless.common import settings
 
 if TYPE_CHECKING:
     from PIL import Image
 
 
 class BadRequest(ValueError):
-    """The caller's input is wrong; the reply is 400 with this one-line message."""
+    """The caller's input is wrong; the reply is ``status`` (400) with this one-line message."""
+
+    status = 400
+
+
+class TooLarge(BadRequest):
+    """The request asks for more work than a setting allows."""
+
+    status = 413
+
+
+def token_problem(authorization: str, token: str | None) -> str | None:
+    """Why an ``Authorization`` header value does not carry ``token`` (None: it does, or there is
+    no token). Shared by the handlers, our processor and our platform."""
+    if token is None:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return "'Authorization: Bearer <FUNCTION_TOKEN>' is required"
+    if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        return "the bearer token does not match FUNCTION_TOKEN"
+    return None
 
 
 def read_json_object(body: Any) -> dict:
@@ -31,6 +56,9 @@ def read_json_object(body: Any) -> dict:
             body = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise BadRequest(f"request body is not JSON: {error}") from None
+        except RecursionError:
+            raise BadRequest("request body is JSON nested deeper than this function parses "
+                             f"(about {sys.getrecursionlimit()} levels)") from None
         if isinstance(body, dict):
             return body
     raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
@@ -54,10 +82,17 @@ def json_handler(process: Callable[[Any, dict], Any]) -> Callable:
 
     @functools.wraps(process)
     def handler(context, event):
+        # Checked here too, not only by our processor: under real nuclio the processor is nuclio's
+        # own, and its dashboard passes Authorization on to the function unchanged.
+        authorization = next((v for k, v in (event.headers or {}).items() if k.lower() == "authorization"), "")
+        refused = token_problem(authorization, settings.current().function_token)
+        if refused:
+            return context.Response(body=refused, status_code=401, content_type="text/plain",
+                                    headers={"WWW-Authenticate": "Bearer"})
         try:
             result = process(context, read_json_object(event.body))
         except BadRequest as error:
-            return context.Response(body=str(error), status_code=400, content_type="text/plain")
+            return context.Response(body=str(error), status_code=error.status, content_type="text/plain")
         return context.Response(body=json.dumps(result), status_code=200, content_type="application/json")
 
     return handler
@@ -78,7 +113,8 @@ def detector_handler(detect: Callable[[Any, Image.Image, float | None, dict], li
 
     ``body`` is passed on for model-specific options (text detection's ``pixel_threshold``, say).
     """
-    from serverless.common.images import decode_image  # Pillow is only needed by image functions
+    # Pillow is only needed by image functions
+    from serverless.common.images import decode_image, finish_image, open_frame
 
     @json_handler
     def process(context, body):
@@ -88,8 +124,16 @@ def detector_handler(detect: Callable[[Any, Image.Image, float | None, dict], li
         images = body["images"]
         if not isinstance(images, list) or not images:
             raise BadRequest("'images' must be a non-empty list of base64 strings")
-        decoded = [decode_image(data, field=f"images[{index}]") for index, data in enumerate(images)]
-        return [detect(context, image, threshold, body) for image in decoded]
+        # Every header is read and the batch's size checked before any pixel is decoded; then one
+        # frame at a time is decoded and detected, so a worker holds one decoded frame, not all.
+        headers = [open_frame(data, field=f"images[{index}]") for index, data in enumerate(images)]
+        budget = settings.current().max_batch_pixels
+        total = sum(header.width * header.height for header in headers)
+        if total > budget:
+            raise TooLarge(f"'images' hold {total} pixels in all, over MAX_BATCH_PIXELS ({budget}); "
+                           "send fewer or smaller frames per request")
+        return [detect(context, finish_image(header, field=f"images[{index}]"), threshold, body)
+                for index, header in enumerate(headers)]
 
     process.detect = detect  # the model without the wire, for in-process callers (serverless.common.sdk)
     return process

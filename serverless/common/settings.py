@@ -27,12 +27,17 @@ class FunctionSettings:
     openvino_precision: str
     onnx_backend: str
     max_image_pixels: int
+    # Pixels a batch body ({"images": [...]}) may hold in all: one request's work stays within what
+    # the largest single frame allowed costs.
+    max_batch_pixels: int
     model_path_overrides: dict[str, str]
     # A cvat-sdk function served by serverless.common.sdk:handler: a module or a file (relative to
     # the function folder), and create()'s parameters as a JSON object.
     sdk_function_module: str | None = None
     sdk_function_file: Path | None = None
     sdk_function_parameters: dict | None = None
+    # Callers must send ``Authorization: Bearer <token>``; None: no check.
+    function_token: str | None = None
 
     def model_path_override(self, variable: str) -> Path | None:
         value = self.model_path_overrides.get(variable)
@@ -63,6 +68,7 @@ def load(environ: dict[str, str] | None = None) -> FunctionSettings:
     onnx_backend = environ.get("ONNX_BACKEND", "openvino").lower()
     if onnx_backend not in ONNX_BACKENDS:
         raise ValueError(f"ONNX_BACKEND={onnx_backend!r} is not one of {', '.join(ONNX_BACKENDS)}")
+    max_image_pixels = _positive_int(environ, "MAX_IMAGE_PIXELS", 100_000_000)
     return FunctionSettings(
         models_dir=Path(environ.get("MODELS_DIR") or CODE_ROOT / "models"),
         openvino_device=environ.get("OPENVINO_DEVICE", "CPU"),
@@ -70,12 +76,20 @@ def load(environ: dict[str, str] | None = None) -> FunctionSettings:
         openvino_threads=_positive_int(environ, "OPENVINO_NUM_THREADS", 0, minimum=0),
         openvino_precision=precision,
         onnx_backend=onnx_backend,
-        max_image_pixels=_positive_int(environ, "MAX_IMAGE_PIXELS", 100_000_000),
+        max_image_pixels=max_image_pixels,
+        max_batch_pixels=_positive_int(environ, "MAX_BATCH_PIXELS", max_image_pixels),
         model_path_overrides={k: v for k, v in environ.items() if k.endswith("_MODEL_PATH") or k == "MODEL_PATH"},
         sdk_function_module=environ.get("SDK_FUNCTION_MODULE") or None,
         sdk_function_file=Path(environ["SDK_FUNCTION_FILE"]) if environ.get("SDK_FUNCTION_FILE") else None,
         sdk_function_parameters=_json_object(environ, "SDK_FUNCTION_PARAMETERS"),
+        function_token=function_token(environ),
     )
+
+
+def function_token(environ: dict[str, str] | None = None) -> str | None:
+    """``FUNCTION_TOKEN`` (default: of this process), which our processor and platform check too."""
+    environ = os.environ if environ is None else environ
+    return environ.get("FUNCTION_TOKEN") or None
 
 
 def _json_object(environ: dict[str, str], name: str) -> dict:

@@ -4,5 +4,6 @@
     python -m serverless.runtime platform <tree> [--port 8070] [--host H] [--gpu]
 
 ``config`` validates function.yaml, ``worker`` is one worker process, ``processor`` serves one
-function, ``platform`` runs a tree of functions behind the nuclio dashboard API subset CVAT uses.
+function, ``platform`` runs a tree of functions behind the nuclio dashboard API subset CVAT uses,
+``lifetime`` ends processors and workers with the process that started them.
 """

@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("function", type=Path, help="a function folder (its function.yaml) or a function*.yaml file")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, help="default: the trigger's attributes.port, else 8080")
+    serve.add_argument("--parent-pid", type=int, help="end when this process ends (the platform passes its own)")
     platform = commands.add_parser("platform", help="run every function under a tree behind the nuclio dashboard API")
     platform.add_argument("tree", type=Path)
     platform.add_argument("--host", default="127.0.0.1")
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from serverless.runtime import processor
 
+        if args.parent_pid:
+            from serverless.runtime.lifetime import die_with_parent
+
+            die_with_parent(args.parent_pid)
         processor.serve(config, args.host, args.port or config.trigger.port or 8080)
     else:
         if not args.tree.is_dir():

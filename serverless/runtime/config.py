@@ -18,6 +18,10 @@ DEFAULT_WORKER_AVAILABILITY_TIMEOUT_MS = 10_000
 DEFAULT_MAX_REQUEST_BODY_SIZE = 4 * 1024 * 1024
 
 HANDLER = re.compile(r"^([\w-]+(?:\.[\w-]+)*):(\w+)$")  # nuclio's own pattern for module:function
+# A function name the dashboard API addresses: a DNS-1123 label, as Kubernetes names the resources
+# nuclio makes for a function (nuclio's dashboard itself checks only IsQualifiedName at deploy).
+FUNCTION_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+FUNCTION_NAME_MAX_LENGTH = 63
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -65,6 +69,18 @@ def dashboard_entry(raw: dict, state: str, http_port: int, message: str = "") ->
     return entry
 
 
+def name_problem(name: str) -> str | None:
+    """What makes ``name`` no function name (None: it is one), in Kubernetes' words."""
+    if not name:
+        return "a function name must not be empty"
+    if len(name) > FUNCTION_NAME_MAX_LENGTH:
+        return f"a function name must be at most {FUNCTION_NAME_MAX_LENGTH} characters, got {len(name)}"
+    if not FUNCTION_NAME.fullmatch(name):  # fullmatch: "$" would let a trailing newline through
+        return (f"a function name must consist of lower case letters, digits or '-' and start and end with a "
+                f"letter or digit (a DNS-1123 label, e.g. 'my-function'), got {name!r}")
+    return None
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration such as ``30s``, ``1m30s`` or ``500ms`` (what nuclio accepts)."""
     if not text or "".join(m.group(0) for m in _DURATION_PART.finditer(text)) != text:
@@ -93,6 +109,8 @@ def _validate(path: Path, raw) -> FunctionConfig:
     if not isinstance(raw, dict):
         raise ConfigError("the file must hold a mapping with metadata and spec")
     meta = FunctionMeta.from_nuclio(raw)
+    if problem := name_problem(meta.id):
+        raise ConfigError(f"metadata.name: {problem}")
     spec = raw.get("spec") or {}
 
     runtime = str(spec.get("runtime", "python"))

@@ -13,6 +13,11 @@ the nuclio dashboard API that CVAT uses (docs/wire-format.md §2.3).
 A function whose function.yaml is invalid, whose model files are missing or whose init_context
 fails is listed with state ``error`` and the reason; the platform and the other functions go on.
 
+A function name, in the path or the header, is a DNS-1123 label: any other is 400 naming the rule,
+never a lookup. ``GET /__runtime/ready`` is the platform's health check (counts of functions by
+state). With ``FUNCTION_TOKEN`` set, every other call needs ``Authorization: Bearer <token>``.
+Processors end with the platform, however it ends (``lifetime.py``).
+
 Remote functions (``--remote NAME=URL``, docker compose): served by ``serve`` in containers of
 their own; the platform lists them from their function.yaml, follows their readiness at ``URL`` and
 forwards invocations there, so the dispatcher needs no nuclio.
@@ -34,10 +39,14 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from serverless.common import settings
+from serverless.common.handler import token_problem
 from serverless.runtime import config as function_config
 from serverless.runtime.processor import READY_PATH
 
@@ -83,7 +92,8 @@ def _declared(path: Path) -> tuple[str, dict] | None:
     with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError, KeyError):
         raw = yaml.safe_load(path.read_text())
         name = raw["metadata"]["name"]
-        return (name, raw) if isinstance(name, str) and name else None
+        # A name the dashboard API could not address is not listed at all.
+        return (name, raw) if isinstance(name, str) and function_config.name_problem(name) is None else None
     return None
 
 
@@ -188,7 +198,7 @@ class Platform:
         function.state, function.message = "building", ""
         function.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "serverless.runtime", "serve", str(function.path),
-            "--host", self.host, "--port", str(function.port),
+            "--host", self.host, "--port", str(function.port), "--parent-pid", str(os.getpid()),
         )
 
     async def _refresh(self, function: ManagedFunction) -> None:
@@ -219,22 +229,40 @@ class Platform:
 
     # --- dashboard API ---------------------------------------------------------------------------
 
+    def _named(self, name: str, where: str) -> ManagedFunction | Response:
+        """The function called ``name``, or the 400 (not a function name) or 404 (none such) reply."""
+        problem = function_config.name_problem(name)
+        if problem:
+            return JSONResponse({"error": f"{where}: {problem}"}, status_code=400)
+        function = self.functions.get(name)
+        if function is None:
+            return JSONResponse({"error": f"function {name} not found"}, status_code=404)
+        return function
+
     async def list_functions(self, request: Request) -> Response:
         return JSONResponse({name: f.entry() for name, f in sorted(self.functions.items())})
 
     async def get_function(self, request: Request) -> Response:
-        function = self.functions.get(request.path_params["name"])
-        if function is None:
-            return JSONResponse({"error": f"function {request.path_params['name']} not found"}, status_code=404)
-        return JSONResponse(function.entry())
+        # The decoded path itself: Starlette's route pattern ends at a newline and its "$" matches
+        # before one (and request.url drops newlines), so "name%0A" would come out as "name".
+        function = self._named(request.scope["path"].removeprefix("/api/functions/"), "the path's function name")
+        return function if isinstance(function, Response) else JSONResponse(function.entry())
+
+    async def health(self, request: Request) -> Response:
+        """Whether the platform answers, for health checks, which need no token; how many
+        functions are in each state."""
+        states: dict[str, int] = {}
+        for function in self.functions.values():
+            states[function.state] = states.get(function.state, 0) + 1
+        return JSONResponse({"functions": states})
 
     async def invoke(self, request: Request) -> Response:
         name = request.headers.get("x-nuclio-function-name")
         if not name:
             return JSONResponse({"error": "the x-nuclio-function-name header is required"}, status_code=400)
-        function = self.functions.get(name)
-        if function is None:
-            return JSONResponse({"error": f"function {name} not found"}, status_code=404)
+        function = self._named(name, "x-nuclio-function-name")
+        if isinstance(function, Response):
+            return function
         if function.state != "ready":
             detail = f": {function.message}" if function.message else ""
             return JSONResponse({"error": f"function {name} is not ready (state {function.state}){detail}"},
@@ -265,11 +293,31 @@ class Platform:
             await self.stop()
 
         return Starlette(routes=[
+            Route(READY_PATH, self.health, methods=["GET"]),
             Route("/api/functions", self.list_functions, methods=["GET"]),
-            Route("/api/functions/{name}", self.get_function, methods=["GET"]),
+            # {name:path}: whatever follows, slashes included, is a name to check (a bad one is 400).
+            Route("/api/functions/{name:path}", self.get_function, methods=["GET"]),
             Route("/api/function_invocations", self.invoke,
                   methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
-        ], lifespan=lifespan)
+        ], middleware=[Middleware(TokenCheck, token=settings.function_token())], lifespan=lifespan)
+
+
+class TokenCheck:
+    """With ``FUNCTION_TOKEN`` set, every call but the health check needs it as a bearer token; it is
+    passed on to the processors, which check it too."""
+
+    def __init__(self, app, token: str | None):
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] != READY_PATH:
+            problem = token_problem(Headers(scope=scope).get("authorization", ""), self.token)
+            if problem:
+                reply = JSONResponse({"error": problem}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await reply(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def serve(tree: Path, host: str, port: int, gpu: bool, only: set[str] | None = None,

@@ -10,6 +10,8 @@ What a handler and its callers can observe matches nuclio's processor:
 ``GET /__runtime/ready`` (reserved; every other path goes to the handler) answers 200 only once
 every worker has finished ``init_context``, else 503; its JSON says ``state`` (building | ready |
 error) and, for ``error``, the ``message`` (such as a missing model file and how to fetch it).
+With ``FUNCTION_TOKEN`` set (the environment, or the function's spec.env), every other request
+needs ``Authorization: Bearer <token>``: 401 before the body is read.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from serverless.common import settings
+from serverless.common.handler import token_problem
 from serverless.common.settings import CODE_ROOT
 from serverless.runtime.config import FunctionConfig
 from serverless.runtime.worker import FRAME_HEADER
@@ -112,7 +116,7 @@ class WorkerPool:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "serverless.runtime.worker", "--fd", str(child.fileno()),
                 "--handler", self.config.handler, "--worker-id", str(worker_id),
-                "--trigger-name", self.config.trigger.name,
+                "--trigger-name", self.config.trigger.name, "--parent-pid", str(os.getpid()),
                 cwd=self.config.directory, env=self._worker_env(), pass_fds=(child.fileno(),),
             )
         finally:
@@ -196,6 +200,8 @@ class ProcessorApp:
     def __init__(self, config: FunctionConfig):
         self.config = config
         self.pool = WorkerPool(config)
+        # As the handlers see it: this process's environment with the function's spec.env over it.
+        self.token = settings.function_token({**os.environ, **config.env})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -231,6 +237,9 @@ class ProcessorApp:
             name, value = _canonical_header(raw_name.decode("latin-1")), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
 
+        problem = token_problem(headers.get("Authorization", ""), self.token)
+        if problem:  # refused before the body is read or a worker is taken
+            return Reply(401, problem.encode(), headers={"WWW-Authenticate": "Bearer"})
         limit = self.config.trigger.max_request_body_size
         too_large = Reply.text(413, f"request body is larger than maxRequestBodySize ({limit} bytes)")
         if int(headers.get("Content-Length") or 0) > limit:

@@ -16,6 +16,7 @@ import inspect
 import json
 import logging
 import pickle
+import signal
 import socket
 import struct
 import sys
@@ -26,6 +27,7 @@ import nuclio_sdk.json_encoder
 import nuclio_sdk.logger
 
 from serverless.runtime.config import HANDLER
+from serverless.runtime.lifetime import die_with_parent
 
 FRAME_HEADER = struct.Struct(">I")
 
@@ -65,9 +67,10 @@ def _load_entrypoint(handler: str):
 
 def _event(message: dict, trigger: nuclio_sdk.TriggerInfo) -> nuclio_sdk.Event:
     body = message["body"]
-    # nuclio parses the body only for exactly this content type, and keeps the bytes if it is not JSON.
+    # nuclio parses the body only for exactly this content type, and keeps the bytes if it is not JSON
+    # (nested too deeply to parse included).
     if message["content_type"] == "application/json":
-        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError):
+        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             body = json.loads(body.decode("utf-8"))
     return nuclio_sdk.Event(
         body=body, content_type=message["content_type"], trigger=trigger, fields=message["fields"],
@@ -127,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handler", required=True)
     parser.add_argument("--worker-id", type=int, required=True)
     parser.add_argument("--trigger-name", required=True)
+    parser.add_argument("--parent-pid", type=int, required=True, help="the processor; this worker ends with it")
     args = parser.parse_args(argv)
+    die_with_parent(args.parent_pid, signal.SIGKILL)  # a worker holds nothing worth a clean exit
     with socket.socket(fileno=args.fd) as sock:
         return serve(sock, args.handler, args.worker_id, args.trigger_name)
 
