@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--no-auth-on-network", action="store_true",
                        help="serve an address other than loopback without API_TOKEN: anyone who can reach it "
                             "can run functions and read, change and delete every task")
-    worker = commands.add_parser("worker", help="run an RQ worker for annotation chunks (queue 'annotation')")
+    worker = commands.add_parser("worker", help="run an RQ worker for annotation chunks "
+                                  "(queue 'annotation-<DEPLOYMENT_NAMESPACE>')")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--name", help="the worker's name in RQ (default: RQ's)")
     folder = commands.add_parser("annotate-folder", help="annotate a folder of images end to end")

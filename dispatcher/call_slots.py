@@ -1,7 +1,8 @@
 """Call slots: how many calls each function has in flight, across every chunk on every worker.
 
-Redis keys ``dispatcher:slots:<function id>``: a sorted set of leases scored by their expiry, and
-``...:freed``: a list a slot's holder pushes to when it gives the slot up, which waiters block on.
+Redis keys ``<prefix>:slots:<function id>`` (the prefix is ``dispatcher:<namespace>`` in a
+deployment): a sorted set of leases scored by their expiry, and ``...:freed``: a list a slot's
+holder pushes to when it gives the slot up, which waiters block on.
 """
 
 from __future__ import annotations

@@ -25,23 +25,29 @@ from dataclasses import dataclass
 
 import redis
 import rq
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from dispatcher import reid
 from dispatcher import roi as regions
 from dispatcher import settings as dispatcher_settings
 from dispatcher.backends import open_store
 from dispatcher.call_slots import CallSlots
+from dispatcher.circuit_breaker import PROBE_SECONDS, CircuitBreaker, CircuitOpen
 from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert
 from dispatcher.cvat.store import CvatStore
 from dispatcher.gateway import Gateway, GatewayError
-from dispatcher.registry import Registry
-from dispatcher.request_book import FINAL_STATES, RequestBook
+from dispatcher.registry import InvalidFunction, Registry
+from dispatcher.request_book import FINAL_STATES, RequestBook, key_prefix
 from dispatcher.store import InvalidInput, NotFound, StaleRun, Store
 from serverless.common.handler import BadRequest
 
 log = logging.getLogger("dispatcher")
 # A crash, a restart, a timeout or a saturated function may pass; a 4xx is the frame's own fault.
 RETRYABLE_STATUSES = {500, 502, 503, 504}
+# nuclio or the function cannot be reached, is not ready or does not answer: what the function's
+# circuit counts (a 500 is a handler that raised, on that frame).
+UNREACHABLE_STATUSES = {502, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class WorkerServices:
     store: Store | CvatStore
     retries: int  # further attempts after a retryable failure
     backoff: float  # seconds before the first retry, doubling after each
+    breaker: CircuitBreaker  # per function, shared with every worker
 
 
 @dataclass(frozen=True)
@@ -69,14 +76,20 @@ class Cancelled(Exception):
 def worker_services() -> WorkerServices:
     """The services of this worker process, from the settings; built once, reused by every chunk."""
     settings = dispatcher_settings.current()
-    client = redis.Redis.from_url(settings.redis_url)
+    # A chunk rides out a short Redis outage (a restart, a failover) instead of crashing.
+    client = redis.Redis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=4, base=0.25), 8),
+                                  retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    prefix = key_prefix(settings.deployment_namespace)
+    store = open_store(settings, worker=True)
     return WorkerServices(
-        book=RequestBook(client, settings.finished_request_ttl, settings.failed_request_ttl),
-        slots=CallSlots(client),
+        book=RequestBook(client, settings.finished_request_ttl, settings.failed_request_ttl, prefix,
+                         records=store.request_records),
+        slots=CallSlots(client, prefix=prefix),
         registry=Registry(Gateway(settings)),
-        store=open_store(settings, worker=True),
+        store=store,
         retries=settings.frame_retries,
         backoff=settings.retry_backoff,
+        breaker=CircuitBreaker(client, prefix, settings.circuit_breaker_failures, settings.circuit_breaker_wait),
     )
 
 
@@ -104,6 +117,13 @@ def run_chunk(run: str, units: list[int], services: WorkerServices, chunk_id: st
     request = services.book.get_run(run)
     if request is None or request["status"] in FINAL_STATES:
         return {"skipped": True}
+    # Our store refuses to delete a task a run holds, so a task it lacks is another deployment's
+    # (a task deleted in CVAT meanwhile is not: its frames fail below).
+    if isinstance(services.store, Store) and not _has_task(services.store, request["task"]):
+        log.warning("chunk %s of request %s left alone: task %s is not in this worker's task store "
+                    "(is DEPLOYMENT_NAMESPACE shared by deployments with different stores?)",
+                    chunk_id, request["id"], request["task"])
+        return {"skipped": True, "foreign": True}
     services.book.chunk_started(run, chunk_id)
     try:
         if services.book.cancel_requested(run):
@@ -117,6 +137,14 @@ def run_chunk(run: str, units: list[int], services: WorkerServices, chunk_id: st
         _chunk_stopped(services, run, chunk_id)
 
 
+def _has_task(store: Store, task: int) -> bool:
+    try:
+        store.get_task(task)
+    except NotFound:
+        return False
+    return True
+
+
 def _chunk_stopped(services: WorkerServices, run: str, chunk_id: str) -> None:
     running = services.book.chunk_ended(run, chunk_id)
     if not services.book.cancel_requested(run):
@@ -125,21 +153,43 @@ def _chunk_stopped(services: WorkerServices, run: str, chunk_id: str) -> None:
         services.book.finish(run, "canceled")
 
 
-def _call_with_retries(services: WorkerServices, run: str, function, payload: dict):
+class SharedFunction:
+    """The request's function as a chunk's calls share it: looked up again by a call while it is
+    not ready, so that calls go on as soon as it recovers."""
+
+    def __init__(self, function):
+        self.current = function
+
+
+def _call_with_retries(services: WorkerServices, run: str, shared: SharedFunction, payload: dict):
+    """The function's reply; retryable failures are retried ``retries`` times with backoff, and
+    while the function's circuit is open the call waits for it (those waits are no attempts).
+    Raises GatewayError, CircuitOpen or Cancelled."""
     def stop_if_canceled():
         if services.book.cancel_requested(run):
             raise Cancelled()
 
-    for attempt in range(services.retries + 1):
+    function_id, attempt = shared.current.id, 0
+    while True:
         stop_if_canceled()
+        report = services.breaker.wait_until_closed(function_id, stop_if_canceled)
+        function = shared.current
         try:
-            with services.slots.hold(function.id, max(1, function.workers), stop_if_canceled):
-                return services.registry.call(function, payload)
+            if function.state != "ready":  # as it was when looked up: it may have recovered since
+                function = shared.current = services.registry.function(function_id)
+            with services.slots.hold(function_id, max(1, function.workers), stop_if_canceled):
+                reply = services.registry.call(function, payload)
         except GatewayError as error:
+            if error.status in UNREACHABLE_STATUSES:
+                services.breaker.failed(function_id, f"{error.status}: {error.message}", function.state == "error")
             if error.status not in RETRYABLE_STATUSES or attempt == services.retries:
                 raise
             time.sleep(services.backoff * 2 ** attempt)
-    raise AssertionError("unreachable")
+            attempt += 1
+            continue
+        if report:
+            services.breaker.succeeded(function_id)
+        return reply
 
 
 def _run_units(function, units: list[int], work) -> dict[int, object]:
@@ -154,31 +204,60 @@ def _run_units(function, units: list[int], work) -> dict[int, object]:
     return outcomes
 
 
-def _function_or_fail(request: dict, units: list[int], services: WorkerServices):
-    """The request's function, or None after failing every unit: it was removed or broke since the
-    request was made, and running again would not help."""
+def _function_or_fail(request: dict, units: list[int], services: WorkerServices) -> SharedFunction | None:
+    """The request's function, or None after failing every unit (none when canceled). While
+    nuclio cannot be reached (502/503/504: a restart) the lookup is retried with backoff for up to
+    CIRCUIT_BREAKER_WAIT seconds, and waits while the function's circuit is open; a function that
+    was removed or broke since the request was made fails the units at once."""
+    function_id, run = request["function_id"], request["run"]
+    deadline, delay = time.monotonic() + services.breaker.wait, services.backoff
+
+    def stop_if_canceled():
+        if services.book.cancel_requested(run):
+            raise Cancelled()
+
     try:
-        return services.registry.function(request["function_id"])
-    except GatewayError as error:
+        while True:
+            try:
+                report = services.breaker.wait_until_closed(function_id, stop_if_canceled)
+                function = services.registry.function(function_id)
+            except GatewayError as error:
+                if (error.status not in UNREACHABLE_STATUSES or isinstance(error, InvalidFunction)
+                        or time.monotonic() >= deadline):
+                    raise
+                services.breaker.failed(function_id, f"{error.status}: {error.message}", False)
+                stop_if_canceled()
+                time.sleep(min(delay, PROBE_SECONDS, max(0.0, deadline - time.monotonic())))
+                delay *= 2
+                continue
+            if report and function.state == "ready":
+                services.breaker.succeeded(function_id)
+            return SharedFunction(function)
+    except Cancelled:
+        return None
+    except (GatewayError, CircuitOpen) as error:
         for unit in units:
-            services.book.frame_failed(request["run"], unit, f"cannot annotate: {error}")
+            services.book.frame_failed(run, unit, f"cannot annotate: {error}")
         return None
 
 
 def _annotate_frames(request: dict, frames: list[int], services: WorkerServices) -> dict:
     parameters, task = request["parameters"], request["task"]
-    function = _function_or_fail(request, frames, services)
-    if function is None:
+    shared = _function_or_fail(request, frames, services)
+    if shared is None:
         return {"frames": len(frames), "written": 0, "failed": len(frames), "canceled": 0}
+    function = shared.current
     # The task's labels are needed only to convert the first answer: calls start without them
     # (from CVAT they can take as long as the first frames to arrive).
     with ThreadPoolExecutor(1) as background:
         mapping = background.submit(lambda: build_mapping(function.meta.labels, services.store.task_labels(task),
                                                           parameters.get("mapping")))
-        return _annotate_with(request, frames, services, function, mapping)
+        return _annotate_with(request, frames, services, shared, mapping)
 
 
-def _annotate_with(request: dict, frames: list[int], services: WorkerServices, function, mapping: Future) -> dict:
+def _annotate_with(request: dict, frames: list[int], services: WorkerServices, shared: SharedFunction,
+                   mapping: Future) -> dict:
+    function = shared.current
     run, parameters, task = request["run"], request["parameters"], request["task"]
     extra = {"threshold": parameters["threshold"]} if parameters.get("threshold") is not None else {}
     if parameters.get("conv_mask_to_poly"):  # for functions that make their own polygons (cvat-sdk ones)
@@ -195,9 +274,11 @@ def _annotate_with(request: dict, frames: list[int], services: WorkerServices, f
             except BadRequest as error:
                 return UnitFailure(f"frame {frame}: {error}")
         try:
-            items = _call_with_retries(services, run, function, {"image": base64.b64encode(data).decode(), **extra})
+            items = _call_with_retries(services, run, shared, {"image": base64.b64encode(data).decode(), **extra})
         except GatewayError as error:
             return UnitFailure(f"function {function.id} answered {error.status}: {error.message}")
+        except CircuitOpen as error:
+            return UnitFailure(str(error))
         try:
             tags, shapes, _ = convert(items, mapping.result(), frame, bool(parameters.get("conv_mask_to_poly")))
         except (MappingError, NotFound) as error:  # the task changed since the request was made
@@ -228,9 +309,10 @@ def _annotate_with(request: dict, frames: list[int], services: WorkerServices, f
 def _match_pairs(request: dict, frames: list[int], services: WorkerServices) -> dict:
     """ReID: the function's matching for each frame pair (f, f + 1), kept in Redis for the linking."""
     run, parameters, task = request["run"], request["parameters"], request["task"]
-    function = _function_or_fail(request, frames, services)
-    if function is None:
+    shared = _function_or_fail(request, frames, services)
+    if shared is None:
         return {"pairs": len(frames), "matched": 0, "failed": len(frames), "canceled": 0}
+    function = shared.current
     extra = {key: parameters[key] for key in ("threshold", "max_distance") if parameters.get(key) is not None}
 
     def match(frame: int):
@@ -240,9 +322,11 @@ def _match_pairs(request: dict, frames: list[int], services: WorkerServices) -> 
                    "image1": base64.b64encode(services.store.frame_bytes(task, frame + 1)).decode(),
                    "boxes0": boxes0, "boxes1": boxes1, **extra}
         try:
-            reply = _call_with_retries(services, run, function, payload)
+            reply = _call_with_retries(services, run, shared, payload)
         except GatewayError as error:
             return UnitFailure(f"function {function.id} answered {error.status}: {error.message}")
+        except CircuitOpen as error:
+            return UnitFailure(str(error))
         try:
             return reid.checked_matching(reply, boxes0, boxes1)
         except reid.BadMatching as error:

@@ -14,10 +14,10 @@ from dispatcher.backends import open_store
 from dispatcher.cvat.callers import Caller, CvatCallers
 from dispatcher.gateway import Gateway
 from dispatcher.registry import Registry
-from dispatcher.request_book import RequestBook
+from dispatcher.request_book import RequestBook, key_prefix
 from dispatcher.settings import Settings
 from dispatcher.store import Store
-from dispatcher.submission import QUEUE
+from dispatcher.submission import queue_name
 
 
 class ApiServices:
@@ -32,8 +32,9 @@ class ApiServices:
         self.callers = None if settings.cvat_url is None else CvatCallers(
             settings.cvat_url, settings.cvat_timeout, settings.auth_cache_seconds)
         self.redis = redis.Redis.from_url(settings.redis_url)
-        self.book = RequestBook(self.redis, settings.finished_request_ttl, settings.failed_request_ttl)
-        self.queue = rq.Queue(QUEUE, connection=self.redis)
+        self.book = RequestBook(self.redis, settings.finished_request_ttl, settings.failed_request_ttl,
+                                key_prefix(settings.deployment_namespace), records=self.store.request_records)
+        self.queue = rq.Queue(queue_name(settings.deployment_namespace), connection=self.redis)
 
     def close(self) -> None:
         self.gateway.close()

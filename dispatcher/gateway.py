@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -42,7 +43,9 @@ def _upstream_message(response: httpx.Response) -> str:
 class Gateway:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.client = httpx.Client(timeout=httpx.Timeout(settings.nuclio_timeout, connect=10.0),
+        # FUNCTION_TOKEN on every call: our platform and functions check it, nuclio's dashboard passes it on.
+        token = {"Authorization": f"Bearer {settings.function_token}"} if settings.function_token else {}
+        self.client = httpx.Client(timeout=httpx.Timeout(settings.nuclio_timeout, connect=10.0), headers=token,
                                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
 
     def close(self) -> None:
@@ -75,8 +78,9 @@ class Gateway:
         return list(self._json(response, "nuclio").values())
 
     def function_config(self, name: str) -> dict:
-        response = self._request("GET", f"{self.settings.nuclio_url}/api/functions/{name}", "nuclio",
-                                 headers=NUCLIO_HEADERS)
+        # Escaped whole, so a name adds no segment, query or fragment ('..' is refused before: registry.py).
+        url = f"{self.settings.nuclio_url}/api/functions/{quote(name, safe='')}"
+        response = self._request("GET", url, "nuclio", headers=NUCLIO_HEADERS)
         return self._json(response, "nuclio")
 
     def invoke(self, name: str, http_port: int, payload: dict) -> Any:

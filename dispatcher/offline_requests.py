@@ -9,7 +9,6 @@ failed and canceled requests stay listed until their TTL (§D11).
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 
 from dispatcher import reid, submission
@@ -27,10 +26,11 @@ OFFLINE_KINDS = ("detector", "reid")  # what a task-wide request can run (§D13,
 
 
 def start(services: ApiServices, function_id: str, body: OfflineRequest | AnnotateRequest,
-          caller: Caller | None = None) -> dict:
+          caller: Caller | None = None, function_field: str = "function") -> dict:
     """Check a task-wide request and submit its run; the request object (409 while an overlapping
     target runs). Fronting CVAT, the caller must be able to see the target, and is its owner."""
-    function = services.registry.function(function_id)  # unknown: nuclio's 404; invalid: 500
+    # A malformed id is 400; an unknown one nuclio's 404; an invalid function 500.
+    function = services.registry.function(function_id, function_field)
     kind = function.meta.kind
     if kind not in OFFLINE_KINDS:
         raise BadRequest(f"function: function kind {kind} cannot be run offline")
@@ -39,10 +39,7 @@ def start(services: ApiServices, function_id: str, body: OfflineRequest | Annota
     task, job = task_and_job(services.store, fields)
     if caller is not None:
         services.callers.check_target(caller, task, job)
-    frames = services.store.target_frames(task, job)
-    for name, value in (("threshold", body.threshold), ("max_distance", body.max_distance)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise BadRequest(f"{name}: must be a finite number of 0 or more, got {value}")
+    frames = services.store.target_frames(task, job)  # threshold and max_distance: checked by the schemas
     if kind == "detector":
         if body.max_distance is not None:
             raise BadRequest("max_distance: only ReID functions take it")
@@ -87,7 +84,8 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def request_object(record: dict) -> dict:
-    """CVAT's request object (§3.7) plus ours: frames, fps, eta_seconds, failures, cancel_requested.
+    """CVAT's request object (§3.7) plus ours: frames, fps, eta_seconds, failures, cancel_requested,
+    and once the run has ended ``outcome`` and ``message`` (§D51).
 
     A canceled run reads ``failed``, its reason in ``exc_info``: CVAT's UI shows any final status
     other than finished and failed as "accomplished" (§9.5), and a canceled run is not that. Our
@@ -100,13 +98,34 @@ def request_object(record: dict) -> dict:
         if record["parameters"].get(key) is not None:
             function[key] = record["parameters"][key]
     status, exc_info = record["status"], record["exc_info"]
+    outcome, message = _outcome(record)
     if status == "canceled":
-        status, exc_info = "failed", _canceled(record)
+        status, exc_info = "failed", message
     return {"id": record["id"], "function": function, "status": status, "progress": record["progress"],
             "enqueued": _iso(record["enqueued"]), "started": _iso(record["started"]), "ended": _iso(record["ended"]),
             "exc_info": exc_info, "frames": record["frames"], "fps": record["fps"],
             "eta_seconds": record["eta_seconds"], "failures": record["failures"],
-            "cancel_requested": record["cancel_requested"], "owner": record["owner"]}
+            "cancel_requested": record["cancel_requested"], "owner": record["owner"],
+            "outcome": outcome, "message": message}
+
+
+def _outcome(record: dict) -> tuple[str | None, str | None]:
+    """How an ended run went, in a word and a sentence: ``finished`` alone would hide that most
+    frames failed (a run finishes when any unit succeeded, §D39). None while it runs."""
+    status, units = record["status"], record["frames"]
+    if status == "canceled":
+        return "canceled", _canceled(record)
+    if status == "failed":
+        return "failed", record["exc_info"]
+    if status != "finished":
+        return None, None
+    what = "frame pairs" if record["kind"] == "reid" else "frames"
+    if not units["failed"]:
+        return "annotated", f"All {units['total']} {what} done"
+    first = record["failures"][0] if record["failures"] else None
+    reason = f"; first: {what[:-1]} {first['frame']}: {first['reason']}" if first else ""
+    return "partly_failed", (f"{units['failed']} of {units['total']} {what} failed, {units['done']} done"
+                             f"{reason}")
 
 
 def _canceled(record: dict) -> str:

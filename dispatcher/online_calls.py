@@ -12,7 +12,10 @@ client. Unlike CVAT: threshold 0 is forwarded (§D1), a ``task``/``job`` mismatc
 from __future__ import annotations
 
 import base64
+import io
 from typing import Any
+
+from PIL import Image, UnidentifiedImageError
 
 from dispatcher import roi as regions
 from dispatcher import tracker_states
@@ -22,6 +25,7 @@ from dispatcher.dependencies import ApiServices
 from dispatcher.errors import BadRequest
 from dispatcher.gateway import GatewayError
 from dispatcher.registry import LambdaFunction
+from dispatcher.schemas import MAX_ID
 from dispatcher.store import NotFound, Store
 from serverless.common.handler import BadRequest as ServerlessBadRequest
 
@@ -127,8 +131,8 @@ def _track(services: ApiServices, function: LambdaFunction, body: dict, task: in
 def task_and_job(store: Store, body: dict) -> tuple[int, int | None]:
     """The task the body means, from ``job`` when given (a ``task`` that disagrees is refused)."""
     for key in ("task", "job"):
-        if key in body and not is_int(body[key]):
-            raise BadRequest(f"{key}: must be an integer id, got {body[key]!r}")
+        if key in body and not (is_int(body[key]) and 1 <= body[key] <= MAX_ID):
+            raise BadRequest(f"{key}: must be an integer id from 1 to {MAX_ID}, got {body[key]!r}")
     if "job" in body:
         try:
             job = store.get_job(body["job"])
@@ -161,13 +165,21 @@ def _frame(store: Store, body: dict, key: str, task: int, job: int | None) -> in
 
 
 def _image(store: Store, task: int, frame: int, region: regions.Region | None = None) -> str:
-    """The stored file, never re-encoded; with a region, its crop (§9.2)."""
+    """The stored file, never re-encoded; with a region, its crop (§9.2). A file that is no longer
+    an image (replaced on disk since it was added) is refused here, naming the frame, rather than by
+    the function, which could not say which frame it was."""
     data = store.frame_bytes(task, frame)
-    if region is not None:
-        try:
+    try:
+        if region is not None:
             data = regions.crop(data, region)
-        except ServerlessBadRequest as error:
-            raise BadRequest(f"frame {frame} of task {task}: {error}") from None
+        else:
+            with Image.open(io.BytesIO(data)):  # the header only: the frame is not decoded
+                pass
+    except ServerlessBadRequest as error:
+        raise BadRequest(f"frame {frame} of task {task}: {error}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise BadRequest(f"frame {frame} of task {task}: the stored file is no longer an image Pillow can read "
+                         f"({type(error).__name__})") from None
     return base64.b64encode(data).decode()
 
 

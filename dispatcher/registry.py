@@ -9,13 +9,30 @@ and calling it answers 503 with the reason instead of CVAT's 500 (its defect, §
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from dispatcher.errors import BadRequest
 from dispatcher.gateway import Gateway, GatewayError
 from serverless.common.metadata import FunctionMeta, LabelSpec, MetadataError
 
 log = logging.getLogger("dispatcher")
+
+# nuclio refuses to deploy any other name (its dashboard and controller check Kubernetes'
+# IsQualifiedName; the optional "prefix/" part of it could not be one path segment anyway): letters,
+# digits, '-', '_' and '.', starting and ending with a letter or digit, at most 63 characters.
+FUNCTION_ID_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+FUNCTION_ID_RULE = ("a nuclio function name: letters, digits, '-', '_' and '.', starting and ending with a letter or "
+                    "digit, at most 63 characters")
+
+
+def checked_function_id(function_id: str, where: str = "function") -> str:
+    """``function_id`` if nuclio could have deployed a function of that name, else 400: it goes into
+    dashboard paths and headers, where anything else could name another path or break the call."""
+    if not (isinstance(function_id, str) and re.fullmatch(FUNCTION_ID_PATTERN, function_id)):
+        raise BadRequest(f"{where}: {function_id!r} is not {FUNCTION_ID_RULE}")
+    return function_id
 
 
 class InvalidFunction(GatewayError):
@@ -89,8 +106,8 @@ class Registry:
                 log.warning("leaving out function %s: %s", (config.get("metadata") or {}).get("name"), error)
         return sorted(functions, key=lambda function: function.id)
 
-    def function(self, function_id: str) -> LambdaFunction:
-        config = self.gateway.function_config(function_id)  # an unknown id is nuclio's 404
+    def function(self, function_id: str, where: str = "function") -> LambdaFunction:
+        config = self.gateway.function_config(checked_function_id(function_id, where))  # an unknown id is nuclio's 404
         try:
             return LambdaFunction.from_config(config)
         except MetadataError as error:

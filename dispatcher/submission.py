@@ -10,11 +10,17 @@ import rq
 
 from dispatcher.request_book import FINAL_STATES, RequestBook, Run, Target
 
-QUEUE = "annotation"  # CVAT's queue name for auto-annotation
+QUEUE = "annotation"  # CVAT's queue name for auto-annotation, then the deployment's namespace
 CHUNK_FUNCTION = "dispatcher.chunks.annotate_chunk"
 CHUNK_FAILED = "dispatcher.chunks.chunk_failed"  # RQ's failure callback of a chunk job
 # A chunk whose worker died (RQ's abandoned job) or crashed runs again, this many times.
 CHUNK_RETRIES = 3
+
+
+def queue_name(namespace: str) -> str:
+    """A deployment's RQ queue (Redis list ``rq:queue:annotation-<namespace>``): deployments sharing
+    a Redis never take each other's chunks."""
+    return f"{QUEUE}-{namespace}"
 
 
 def plan_chunks(units: list[int], chunk_size: int, block: int = 1) -> list[list[int]]:
@@ -38,23 +44,36 @@ def submit(book: RequestBook, queue: rq.Queue, target: Target, function_id: str,
     """Record a run and enqueue one RQ job per chunk of its units; raises Conflict (409).
     ``begin(run)`` runs before any chunk is queued (the task store fences its writes by run). A
     chunk may run for ``unit_timeout`` per unit, and a minute more."""
-    run = book.create(target, function_id, parameters, units, kind, owner)
+    plan = {"chunk_size": chunk_size, "block": block, "unit_timeout": unit_timeout}
+    run = book.create(target, function_id, parameters, units, kind, owner, plan)
     try:
         begin(run)
     except Exception as error:  # e.g. CVAT refused the cleanup: the run ends here, its target freed
         book.finish(run.id, "failed", f"the run could not begin: {error}")
         raise
-    # No units (ReID on a target without pairs) is still one chunk: its worker ends the run, and a
-    # ReID run's end is where rectangles become tracks.
-    chunks = plan_chunks(units, chunk_size, block) or [[]]
-    # RQ job ids allow letters, digits, '-' and '_' only, so chunks get ids of their own.
-    job_ids = [f"autoannotate-{target.kind}-{target.id}-{run.id[:12]}-{index}" for index in range(len(chunks))]
-    book.add_chunk_jobs(run.id, job_ids)
+    enqueue_chunks(book, queue, target, run.id, units, plan, generation=0)
+    return run
+
+
+def enqueue_chunks(book: RequestBook, queue: rq.Queue, target: Target, run: str, units: list[int], plan: dict,
+                   generation: int) -> None:
+    """Queue ``units`` of a run as chunks; ``generation`` counts how often its units were queued
+    (0 when it was created, then once per recovery after Redis lost them)."""
+    # No units (ReID on a target without pairs, or nothing left after a recovery) is still one
+    # chunk: its worker ends the run, and a ReID run's end is where rectangles become tracks.
+    chunks = plan_chunks(units, plan["chunk_size"], plan["block"]) or [[]]
+    # RQ job ids allow letters, digits, '-' and '_' only, so chunks get ids of their own; a
+    # recovery's differ from those a lost Redis held.
+    again = f"-g{generation}" if generation else ""
+    job_ids = [f"autoannotate-{target.kind}-{target.id}-{run[:12]}{again}-{index}" for index in range(len(chunks))]
+    book.add_chunk_jobs(run, job_ids)
     for job_id, chunk in zip(job_ids, chunks):
-        queue.enqueue(CHUNK_FUNCTION, run.id, chunk, job_id=job_id, job_timeout=int(len(chunk) * unit_timeout) + 60,
+        queue.enqueue(CHUNK_FUNCTION, run, chunk, job_id=job_id,
+                      job_timeout=int(len(chunk) * plan["unit_timeout"]) + 60,
                       result_ttl=book.finished_ttl, failure_ttl=book.failed_ttl,
                       retry=rq.Retry(max=CHUNK_RETRIES), on_failure=rq.Callback(CHUNK_FAILED))
-    return run
+    if book.records is not None:
+        book.records.submitted(run, generation)
 
 
 def cancel(book: RequestBook, queue: rq.Queue, rid: str) -> bool:
@@ -69,6 +88,9 @@ def cancel(book: RequestBook, queue: rq.Queue, rid: str) -> bool:
     if record["status"] in FINAL_STATES:
         return True
     run = record["run"]
+    if book.get_run(run) is None:  # Redis lost it and recovery has not put it back: nothing of it is queued
+        book.finish_stored(book.records.of_run(run), "canceled", "")
+        return True
     book.request_cancel(run)
     for job_id in book.chunk_jobs(run):
         job = queue.fetch_job(job_id)

@@ -22,6 +22,7 @@ import rq
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from dispatcher import settings as dispatcher_settings
 from dispatcher import submission
 from dispatcher.routers import service as service_router
 from serverless.common import model_files
@@ -178,7 +179,8 @@ def test_health_checks_call_endpoints_that_exist():
 def test_one_published_port_persistence_and_restart_policies():
     published = {name: service["ports"] for name, service in SERVICES.items() if "ports" in service}
     assert published == {"api": ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"]}  # localhost unless asked
-    assert "--appendonly yes" in " ".join(SERVICES["redis"]["command"]) and "redis:/data" in SERVICES["redis"]["volumes"]
+    assert "--appendonly yes" in " ".join(SERVICES["redis"]["command"])
+    assert "redis:/data" in SERVICES["redis"]["volumes"]
     assert "postgres:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
     assert "data:/data" in SERVICES["api"]["volumes"] and "data:/data" in SERVICES["worker"]["volumes"]
     for name, service in SERVICES.items():
@@ -448,11 +450,16 @@ def test_workers_scale_on_the_redis_list_where_rq_keeps_our_chunks():
     assert trigger["type"] == "redis" and int(trigger["metadata"]["listLength"]) >= 1
     (redis_service,) = [doc for _, doc in docs if doc["kind"] == "Service" and doc["metadata"]["name"] == "redis"]
     assert trigger["metadata"]["address"] == f"redis:{redis_service['spec']['ports'][0]['port']}"
-    # The list KEDA measures is where RQ really keeps the dispatcher's queued chunks.
+    # The list KEDA measures is where RQ really keeps the dispatcher's queued chunks, under the
+    # namespace the workers' settings name.
+    (config,) = [doc for _, doc in docs
+                 if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "dispatcher-settings"]
+    namespace = dispatcher_settings.load({"DEPLOYMENT_NAMESPACE": config["data"]["DEPLOYMENT_NAMESPACE"]})
     connection = redis.Redis.from_url("redis://127.0.0.1:6379/7")
     connection.flushdb()
     try:
-        rq.Queue(submission.QUEUE, connection=connection).enqueue("builtins.print", "chunk")
+        queue = submission.queue_name(namespace.deployment_namespace)
+        rq.Queue(queue, connection=connection).enqueue("builtins.print", "chunk")
         assert connection.llen(trigger["metadata"]["listName"]) == 1
     finally:
         connection.flushdb()

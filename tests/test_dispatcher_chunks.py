@@ -16,11 +16,12 @@ from dispatcher import reid
 from dispatcher import settings as dispatcher_settings
 from dispatcher.call_slots import CallSlots
 from dispatcher.chunks import WorkerServices, run_chunk
+from dispatcher.circuit_breaker import CircuitBreaker
 from dispatcher.gateway import Gateway
 from dispatcher.registry import Registry
-from dispatcher.request_book import RequestBook, Run, Target
+from dispatcher.request_book import RequestBook, Run, Target, key_prefix
 from dispatcher.store import Store
-from dispatcher.submission import QUEUE, cancel, plan_chunks, submit
+from dispatcher.submission import QUEUE, cancel, plan_chunks, queue_name, submit
 
 from helpers import PROBE, REPO, TESTDATA, copy_function, serve_platform
 
@@ -56,7 +57,8 @@ def services(platform, tmp_path):
     store = Store(None, tmp_path / "data", None, PIXELS)
     settings = dispatcher_settings.load({"NUCLIO_URL": platform.url})
     yield WorkerServices(RequestBook(client, 1800, 10800, prefix), CallSlots(client, prefix=prefix),
-                         Registry(Gateway(settings)), store, retries=1, backoff=0.05)
+                         Registry(Gateway(settings)), store, retries=1, backoff=0.05,
+                         breaker=CircuitBreaker(client, prefix, failures=5, wait=30))
     store.close()
     keys = list(client.scan_iter(f"{prefix}:*"))
     if keys:
@@ -219,23 +221,26 @@ def test_a_chunk_of_a_replaced_run_writes_nothing(services):
 
 
 def test_chunks_run_on_real_rq_worker_processes(platform, tmp_path):
-    redis_url = "redis://127.0.0.1:6379/14"  # a database of this test's own: workers use the default key prefix
+    redis_url = "redis://127.0.0.1:6379/14"  # a database of this test's own
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     data_dir = tmp_path / "data"
     store = Store(None, data_dir, None, PIXELS)
+    # The workers' namespace, from their settings: DATA_DIR names their task store.
+    namespace = dispatcher_settings.load({"DATA_DIR": str(data_dir)}).deployment_namespace
     try:
         task = new_task(store)
-        book = RequestBook(client, 1800, 10800)
+        book = RequestBook(client, 1800, 10800, key_prefix(namespace))
         frames = list(range(task["size"]))
-        run = submit(book, rq.Queue(QUEUE, connection=client), Target(task["id"]), YOLO, {"threshold": 0.3},
+        queue = rq.Queue(queue_name(namespace), connection=client)
+        run = submit(book, queue, Target(task["id"]), YOLO, {"threshold": 0.3},
                      frames, chunk_size=2, unit_timeout=100,
                      begin=lambda run: store.begin_run(run.request_id, run.id, task["id"]))
         rid = run.request_id
         assert len(book.chunk_jobs(run.id)) == 3 and book.get(rid)["status"] == "queued"
 
         environment = {**os.environ, "NUCLIO_URL": platform.url, "REDIS_URL": redis_url, "DATA_DIR": str(data_dir)}
-        rq_command = [str(Path(sys.executable).with_name("rq")), "worker", "--burst", "--url", redis_url, QUEUE]
+        rq_command = [str(Path(sys.executable).with_name("rq")), "worker", "--burst", "--url", redis_url, queue.name]
         workers = [subprocess.Popen(rq_command + ["--name", f"test-{uuid.uuid4().hex[:8]}-{n}"], env=environment,
                                     cwd=REPO, stdout=subprocess.DEVNULL) for n in range(2)]
         assert [worker.wait(120) for worker in workers] == [0, 0]

@@ -1,5 +1,6 @@
 """The dispatcher's gateway and function registry against a real local nuclio platform over HTTP."""
 
+import dataclasses
 import json
 
 import pytest
@@ -141,10 +142,19 @@ def test_settings_defaults():
     # Without TRACKER_STATE_KEY each process signs tracker states with a random key of its own.
     assert (len(settings.tracker_state_key) == 32
             and dispatcher_settings.load({}).tracker_state_key != settings.tracker_state_key)
-    assert settings == dispatcher_settings.Settings("http://127.0.0.1:8070", False, "dashboard", "127.0.0.1", 120.0,
-                                                    None, dispatcher_settings.REPOSITORY / "data", None, 100_000_000,
-                                                    "redis://127.0.0.1:6379/0", 64, 2, 0.5, 1800, 10800, None,
-                                                    settings.tracker_state_key, None, None, None, None, 60.0, 30.0)
+    # The namespace's default is a hash of the store's identity (tests/test_dispatcher_resilience.py).
+    assert len(settings.deployment_namespace) == 10
+    # Every field by name: a new setting fails here until its default is written down.
+    assert dataclasses.asdict(settings) == {
+        "nuclio_url": "http://127.0.0.1:8070", "nuclio_configured": False, "nuclio_invoke_method": "dashboard",
+        "nuclio_function_host": "127.0.0.1", "nuclio_timeout": 120.0, "function_token": None, "database_url": None,
+        "data_dir": dispatcher_settings.REPOSITORY / "data", "server_files_root": None,
+        "max_image_pixels": 100_000_000, "max_body_bytes": 128 * 2**20, "redis_url": "redis://127.0.0.1:6379/0",
+        "deployment_namespace": settings.deployment_namespace, "chunk_size": 64, "frame_retries": 2,
+        "retry_backoff": 0.5, "circuit_breaker_failures": 5, "circuit_breaker_wait": 30.0,
+        "finished_request_ttl": 1800, "failed_request_ttl": 10800, "recovery_interval": 10.0, "api_token": None,
+        "tracker_state_key": settings.tracker_state_key, "cvat_url": None, "cvat_token": None, "cvat_username": None,
+        "cvat_password": None, "cvat_timeout": 60.0, "auth_cache_seconds": 30.0}
     assert dispatcher_settings.load({"TRACKER_STATE_KEY": "shared"}).tracker_state_key == b"shared"
     assert dispatcher_settings.load({"NUCLIO_URL": "http://nuclio:8070/"}).nuclio_function_host == "nuclio"
     # Fronting CVAT: a service account, and no API_TOKEN (callers are CVAT's users).

@@ -37,7 +37,9 @@ from stream_unzip import NotStreamUnzippable, UnzipError, stream_unzip
 from dispatcher.converter import TaskAttribute, TaskLabel
 from dispatcher.cvat.client import READ_PATIENCE, CvatClient, CvatUnavailable
 from dispatcher.store import InvalidInput, NotFound, StaleRun
-from dispatcher.store.tables import open_engine
+from dispatcher.store.request_records import RequestRecords
+from dispatcher.store.tables import metadata as store_metadata
+from dispatcher.store.tables import open_engine, request_records, request_units
 
 metadata = MetaData()
 # The run each request id names now (as the local store's request_runs), and whether ReID's tracks
@@ -74,6 +76,8 @@ class CvatStore:
         self._engine = open_engine(database_url or f"sqlite:///{data_dir / 'dispatcher.sqlite3'}")
         self._postgres = self._engine.dialect.name == "postgresql"
         metadata.create_all(self._engine)
+        store_metadata.create_all(self._engine, tables=[request_records, request_units])
+        self.request_records = RequestRecords(self._engine, self.written_frames)
         self._cache_seconds = cache_seconds
         self._cached: dict[tuple, tuple[float, Future]] = {}
         self._lock = threading.Lock()
@@ -222,6 +226,14 @@ class CvatStore:
                 connection.execute(delete(cvat_frames).where(cvat_frames.c.run == previous.run))
         if cleanup:
             self.cvat.delete_annotations(task_id, job_id)
+
+    def written_frames(self, request_id: str, run: str) -> set[int]:
+        """The frames ``run`` has written to CVAT (staged frames not yet known to be there excluded)."""
+        with self._engine.begin() as connection:
+            return set(connection.execute(
+                select(cvat_frames.c.frame).join(cvat_runs, cvat_runs.c.run == cvat_frames.c.run)
+                .where(cvat_runs.c.request_id == request_id, cvat_frames.c.run == run,
+                       cvat_frames.c.written.is_(True))).scalars())
 
     @staticmethod
     def _hold_run(connection, request_id: str, run: str):

@@ -11,34 +11,39 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query, Response
 
 from dispatcher.dependencies import TaskStore, authenticate
+from dispatcher.schemas import GUARDED, MAX_ID, Id, error_responses
 
-router = APIRouter(tags=["annotations"], dependencies=[Depends(authenticate)])
+router = APIRouter(tags=["annotations"], dependencies=[Depends(authenticate)],
+                   responses=error_responses(*GUARDED, 404))
 LabeledData = Annotated[dict[str, Any], Body()]
+# CVAT's: add the items, change them (by id), or delete them (by id).
+Action = Annotated[Literal["create", "update", "delete"], Query()]
+OneFrame = Annotated[int | None, Query(ge=0, le=MAX_ID, description="ours: the tags and shapes on this frame and the "
+                                                                    "tracks visible on it")]
 TASK, JOB = "/api/tasks/{task_id}/annotations", "/api/jobs/{job_id}/annotations"
 
 
 @router.get(TASK)
 @router.get(TASK + "/", include_in_schema=False)
-def get_annotations(task_id: int, store: TaskStore, frame: Annotated[int | None, Query(
-        ge=0, description="ours: the tags and shapes on this frame and the tracks visible on it")] = None) -> dict:
+def get_annotations(task_id: Id, store: TaskStore, frame: OneFrame = None) -> dict:
     return store.get_annotations(task_id, frame=frame)
 
 
 @router.put(TASK)
 @router.put(TASK + "/", include_in_schema=False)
-def put_annotations(task_id: int, body: LabeledData, store: TaskStore) -> dict:
+def put_annotations(task_id: Id, body: LabeledData, store: TaskStore) -> dict:
     return store.put_annotations(task_id, body)
 
 
 @router.patch(TASK)
 @router.patch(TASK + "/", include_in_schema=False)
-def patch_annotations(task_id: int, action: str, body: LabeledData, store: TaskStore) -> dict:
+def patch_annotations(task_id: Id, action: Action, body: LabeledData, store: TaskStore) -> dict:
     return store.patch_annotations(task_id, body, action)
 
 
 @router.delete(TASK, status_code=204)
 @router.delete(TASK + "/", status_code=204, include_in_schema=False)
-def delete_annotations(task_id: int, store: TaskStore) -> Response:
+def delete_annotations(task_id: Id, store: TaskStore) -> Response:
     store.delete_annotations(task_id)
     return Response(status_code=204)
 
@@ -49,25 +54,25 @@ def delete_annotations(task_id: int, store: TaskStore) -> Response:
 
 @router.get(JOB)
 @router.get(JOB + "/", include_in_schema=False)
-def get_job_annotations(job_id: int, store: TaskStore) -> dict:
+def get_job_annotations(job_id: Id, store: TaskStore) -> dict:
     return store.get_annotations(store.get_job(job_id)["task_id"], job_id)
 
 
 @router.put(JOB)
 @router.put(JOB + "/", include_in_schema=False)
-def put_job_annotations(job_id: int, body: LabeledData, store: TaskStore) -> dict:
+def put_job_annotations(job_id: Id, body: LabeledData, store: TaskStore) -> dict:
     return store.put_annotations(store.get_job(job_id)["task_id"], body, job_id)
 
 
 @router.patch(JOB)
 @router.patch(JOB + "/", include_in_schema=False)
-def patch_job_annotations(job_id: int, action: str, body: LabeledData, store: TaskStore) -> dict:
+def patch_job_annotations(job_id: Id, action: Action, body: LabeledData, store: TaskStore) -> dict:
     return store.patch_annotations(store.get_job(job_id)["task_id"], body, action, job_id)
 
 
 @router.delete(JOB, status_code=204)
 @router.delete(JOB + "/", status_code=204, include_in_schema=False)
-def delete_job_annotations(job_id: int, store: TaskStore) -> Response:
+def delete_job_annotations(job_id: Id, store: TaskStore) -> Response:
     store.delete_annotations(store.get_job(job_id)["task_id"], job_id)
     return Response(status_code=204)
 
@@ -77,7 +82,7 @@ ExportFormat = Literal["coco", "cvat"]  # COCO JSON; CVAT for images 1.1 XML
 
 @router.get("/api/tasks/{task_id}/export",
             responses={200: {"content": {"application/json": {}, "application/xml": {}}}})
-def export(task_id: int, format: Annotated[ExportFormat, Query()], store: TaskStore) -> Response:
+def export(task_id: Id, format: Annotated[ExportFormat, Query()], store: TaskStore) -> Response:
     """The task's annotations as COCO JSON or CVAT for images 1.1 XML, as a download."""
     if format == "coco":
         content, media_type, suffix = json.dumps(store.export_coco(task_id)), "application/json", "json"

@@ -12,8 +12,9 @@ from fastapi import APIRouter, Body, Request, Response
 from dispatcher import authentication
 from dispatcher.dependencies import Services
 from dispatcher.errors import BadRequest
+from dispatcher.schemas import error_responses
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], responses=error_responses(400, 413))
 CSRF_COOKIE_SECONDS = 365 * 24 * 3600  # Django's CSRF_COOKIE_AGE; the token is only good with its session
 
 

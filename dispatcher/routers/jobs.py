@@ -9,13 +9,14 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from dispatcher import rest_shapes
 from dispatcher.dependencies import TaskStore, authenticate
+from dispatcher.schemas import GUARDED, MAX_ID, Id, error_responses
 
-router = APIRouter(tags=["jobs"], dependencies=[Depends(authenticate)])
+router = APIRouter(tags=["jobs"], dependencies=[Depends(authenticate)], responses=error_responses(*GUARDED, 404))
 
 
 @router.get("/api/jobs")
 def list_jobs(store: TaskStore, request: Request,
-              task_id: Annotated[int | None, Query(description="the task's jobs")] = None,
+              task_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="the task's jobs")] = None,
               page: Annotated[int, Query(ge=1)] = 1,
               page_size: Annotated[int, Query(ge=1, le=rest_shapes.MAX_PAGE_SIZE)] = rest_shapes.PAGE_SIZE) -> dict:
     """Every job, or the task's, in id order."""
@@ -30,6 +31,6 @@ def list_jobs(store: TaskStore, request: Request,
 
 
 @router.get("/api/jobs/{job_id}")
-def get_job(job_id: int, store: TaskStore, request: Request) -> dict:
+def get_job(job_id: Id, store: TaskStore, request: Request) -> dict:
     job = store.get_job(job_id)
     return rest_shapes.job_read(job, store.get_task(job["task_id"]), rest_shapes.base_url(request))

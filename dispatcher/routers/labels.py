@@ -11,15 +11,17 @@ from fastapi import APIRouter, Depends, Query, Request
 from dispatcher import rest_shapes
 from dispatcher.dependencies import TaskStore, authenticate
 from dispatcher.errors import BadRequest
+from dispatcher.schemas import GUARDED, MAX_ID, Id, error_responses
 from dispatcher.store import NotFound
 
-router = APIRouter(tags=["labels"], dependencies=[Depends(authenticate)])
+router = APIRouter(tags=["labels"], dependencies=[Depends(authenticate)], responses=error_responses(*GUARDED, 404))
 
 
 @router.get("/api/labels")
 def list_labels(store: TaskStore, request: Request,
-                task_id: Annotated[int | None, Query(description="the task's labels")] = None,
-                job_id: Annotated[int | None, Query(description="the labels of the job's task")] = None,
+                task_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="the task's labels")] = None,
+                job_id: Annotated[int | None, Query(ge=1, le=MAX_ID,
+                                                    description="the labels of the job's task")] = None,
                 project_id: Annotated[int | None, Query(description="CVAT's; there are no projects here")] = None,
                 page: Annotated[int, Query(ge=1)] = 1,
                 page_size: Annotated[int, Query(ge=1, le=rest_shapes.MAX_PAGE_SIZE)] = rest_shapes.PAGE_SIZE) -> dict:
@@ -40,7 +42,7 @@ def list_labels(store: TaskStore, request: Request,
 
 
 @router.get("/api/labels/{label_id}")
-def get_label(label_id: int, store: TaskStore) -> dict:
+def get_label(label_id: Id, store: TaskStore) -> dict:
     """A label, or a sublabel (``has_parent``, ``parent_id`` its skeleton)."""
     task = store.get_task(store.label_task(label_id))
     for top in task["labels"]:

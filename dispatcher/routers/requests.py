@@ -11,10 +11,12 @@ from fastapi import APIRouter, Depends, Response
 from dispatcher import offline_requests, submission
 from dispatcher.cvat.client import CvatRefused
 from dispatcher.dependencies import ApiServices, CurrentCaller, Requests, Services, authenticate
-from dispatcher.schemas import AnnotateRequest, OfflineRequest
+from dispatcher.schemas import FUNCTION_CALLS, GUARDED, AnnotateRequest, FunctionId, OfflineRequest, error_responses
 from dispatcher.store import NotFound
 
-router = APIRouter(tags=["lambda"], dependencies=[Depends(authenticate)])
+router = APIRouter(tags=["lambda"], dependencies=[Depends(authenticate)], responses=error_responses(*GUARDED))
+# Submitting looks the function up in nuclio and the target in the task store.
+SUBMIT = error_responses(*FUNCTION_CALLS, 409)
 
 
 @router.get("/api/lambda/requests")
@@ -25,18 +27,18 @@ def list_requests(book: Requests, services: Services, caller: CurrentCaller) -> 
     return [offline_requests.request_object(record) for record in records]
 
 
-@router.post("/api/lambda/requests")
+@router.post("/api/lambda/requests", responses=SUBMIT)
 def create_request(body: OfflineRequest, services: Services, caller: CurrentCaller) -> dict:
     """200 and the request object, as CVAT answers; 409 while a run on an overlapping target is live."""
     return offline_requests.start(services, body.function, body, caller)
 
 
-@router.get("/api/lambda/requests/{request_id}")
+@router.get("/api/lambda/requests/{request_id}", responses=error_responses(404))
 def get_request(request_id: str, services: Services, caller: CurrentCaller) -> dict:
     return offline_requests.request_object(_visible(services, request_id, caller))
 
 
-@router.delete("/api/lambda/requests/{request_id}", status_code=204)
+@router.delete("/api/lambda/requests/{request_id}", status_code=204, responses=error_responses(404))
 def cancel_request(request_id: str, services: Services, caller: CurrentCaller) -> Response:
     record = _visible(services, request_id, caller)
     if caller is not None and not caller.is_admin and (record["owner"] or {}).get("id") != caller.id:
@@ -45,10 +47,10 @@ def cancel_request(request_id: str, services: Services, caller: CurrentCaller) -
     return Response(status_code=204)
 
 
-@router.post("/detectors/{function_id}/annotate", status_code=202)
-def annotate(function_id: str, body: AnnotateRequest, services: Services, caller: CurrentCaller) -> dict:
+@router.post("/detectors/{function_id}/annotate", status_code=202, responses=SUBMIT)
+def annotate(function_id: FunctionId, body: AnnotateRequest, services: Services, caller: CurrentCaller) -> dict:
     """Start a task-wide (or job-wide) request; poll ``GET /api/lambda/requests/<id>``."""
-    return offline_requests.start(services, function_id, body, caller)
+    return offline_requests.start(services, function_id, body, caller, "function_id")
 
 
 def _visible(services: ApiServices, request_id: str, caller) -> dict:

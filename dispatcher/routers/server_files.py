@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from dispatcher.dependencies import TaskStore, authenticate
+from dispatcher.schemas import GUARDED, error_responses
 
-router = APIRouter(tags=["tasks"], dependencies=[Depends(authenticate)])
+router = APIRouter(tags=["tasks"], dependencies=[Depends(authenticate)], responses=error_responses(*GUARDED, 404))
 
 
 @router.get("/api/server/share")

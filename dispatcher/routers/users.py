@@ -7,8 +7,9 @@ from fastapi import APIRouter, Depends, Request
 
 from dispatcher import rest_shapes
 from dispatcher.dependencies import authenticate
+from dispatcher.schemas import GUARDED, error_responses
 
-router = APIRouter(tags=["users"], dependencies=[Depends(authenticate)])
+router = APIRouter(tags=["users"], dependencies=[Depends(authenticate)], responses=error_responses(*GUARDED))
 USER_ID = 1
 USERNAME = "admin"
 

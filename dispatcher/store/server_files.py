@@ -1,6 +1,8 @@
 """Files under the server files root (``SERVER_FILES_ROOT``): tasks may take frames from there by
 path, read where they are, and clients list its folders as CVAT's ``/api/server/share`` does.
-Nothing that resolves outside the root (``..``, links) is ever read or listed."""
+Nothing that resolves outside the root (``..``, links) is ever read or listed. A path that cannot be
+resolved or read (a loop of links, a NUL, a name too long, no permission) is refused with the
+system's reason, and no message names anything outside the root, the root's own path included."""
 
 from __future__ import annotations
 
@@ -25,12 +27,27 @@ class ServerFiles:
             raise InvalidInput(f"{where}: must be a non-empty path")
         if PurePath(path).is_absolute():
             raise InvalidInput(f"{where}: must be relative to the server files root")
-        resolved = (self.root / path).resolve()
+        resolved = self._resolved(path, where)
         if not resolved.is_relative_to(self.root):
             raise InvalidInput(f"{where}: resolves outside the server files root")
         if not resolved.is_file():
             raise InvalidInput(f"{where}: no such file under the server files root")
         return resolved, resolved.relative_to(self.root).as_posix()
+
+    def read(self, resolved: Path, where: str) -> bytes:
+        """The content of a file ``resolve`` gave."""
+        try:
+            return resolved.read_bytes()
+        except OSError as error:
+            raise InvalidInput(f"{where}: cannot be read ({_reason(error)})") from None
+
+    def _resolved(self, relative: str, where: str) -> Path:
+        try:
+            resolved = (self.root / relative).resolve()
+            resolved.exists()  # raises what is_file() and is_dir() would: a name too long, no permission
+            return resolved
+        except (OSError, RuntimeError, ValueError) as error:
+            raise InvalidInput(f"{where}: cannot be resolved under the server files root ({_reason(error)})") from None
 
     def listing(self, directory: str) -> list[dict]:
         """One folder under the server files root in the shape of CVAT's ``/api/server/share``:
@@ -41,12 +58,21 @@ class ServerFiles:
         relative = directory.strip("/")
         if PurePath(relative).is_absolute() or ".." in PurePath(relative).parts:
             raise InvalidInput(f"directory: must be a folder under the server files root, got {directory!r}")
-        folder = (self.root / relative).resolve()
+        folder = self._resolved(relative, "directory")
         if not folder.is_relative_to(self.root) or not folder.is_dir():
             raise NotFound(f"directory: no folder {directory!r} under the server files root")
+        try:
+            names = sorted(entry.name for entry in folder.iterdir())
+        except OSError as error:
+            raise InvalidInput(f"directory: {directory!r} cannot be listed ({_reason(error)})") from None
         entries = []
-        for entry in folder.iterdir():
-            resolved = entry.resolve()
+        for name in names:
+            entry = folder / name
+            try:
+                name.encode()  # a name that is not UTF-8 could be neither shown in JSON nor asked for
+                resolved = entry.resolve()
+            except (OSError, RuntimeError, UnicodeError):  # a loop of links, say: nothing to read there
+                continue
             if not resolved.is_relative_to(self.root) or not (resolved.is_dir() or resolved.is_file()):
                 continue
             if resolved.is_dir():
@@ -55,3 +81,12 @@ class ServerFiles:
                 kind = "image" if entry.suffix.lower() in IMAGE_SUFFIXES else "unknown"
                 entries.append({"name": entry.name, "type": "REG", "mime_type": kind})
         return sorted(entries, key=lambda entry: (entry["type"] != "DIR", entry["name"]))
+
+
+def _reason(error: Exception) -> str:
+    """Why a path failed, without the path: the system's words (its messages name the whole path)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, RuntimeError):  # Python 3.11's resolve() on a loop of links
+        return "a loop of symbolic links"
+    return str(error) if isinstance(error, ValueError) else type(error).__name__

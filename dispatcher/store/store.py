@@ -21,6 +21,7 @@ from dispatcher import tracks
 from dispatcher.converter import TaskAttribute, TaskLabel
 from dispatcher.store import exports
 from dispatcher.store.errors import InvalidInput, NotFound, StaleRun
+from dispatcher.store.request_records import RequestRecords
 from dispatcher.store.rows import (
     batches,
     insert_items,
@@ -76,6 +77,7 @@ class Store:
                 connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('dispatcher.store'))"))
             metadata.create_all(connection)
             migrate(connection)
+        self.request_records = RequestRecords(self._engine, self.written_frames)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -235,7 +237,7 @@ class Store:
         for index, path in enumerate(paths):
             where = f"paths[{index}] ({path!r})"
             resolved, relative = self.server_files.resolve(path, where)
-            width, height, _ = image_size(resolved.read_bytes(), where, self.max_image_pixels)
+            width, height, _ = image_size(self.server_files.read(resolved, where), where, self.max_image_pixels)
             new_frames.append({"name": posixpath.normpath(path), "width": width, "height": height,
                                "server_file": True, "path": relative})
         self._append_frames(task_id, new_frames, "paths")
@@ -534,6 +536,14 @@ class Store:
         with self._engine.begin() as connection:
             return set(connection.execute(
                 select(request_frames.c.frame).where(request_frames.c.request_id == request_id)).scalars())
+
+    def written_frames(self, request_id: str, run: str) -> set[int]:
+        """The frames ``run`` has written results for; none once it is no longer the request's run."""
+        with self._engine.begin() as connection:
+            return set(connection.execute(
+                select(request_frames.c.frame)
+                .join(request_runs, request_runs.c.request_id == request_frames.c.request_id)
+                .where(request_frames.c.request_id == request_id, request_runs.c.run == run)).scalars())
 
     def begin_run(self, request_id: str, run: str, task_id: int, job_id: int | None = None,
                   cleanup: bool = False) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -119,6 +120,44 @@ request_frames = Table(
     Column("request_id", String, primary_key=True),
     Column("frame", Integer, primary_key=True),
     Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+)
+
+# The current run of each request id, as the API shows it, and its units' outcomes: kept here as well
+# as in Redis so that a request outlives a Redis that restarts empty (docs/architecture.md §12). No
+# foreign key to tasks: fronting CVAT, the tasks are CVAT's.
+request_records = Table(
+    "request_records", metadata,
+    Column("request_id", String, primary_key=True),
+    Column("run", String, nullable=False, unique=True),
+    Column("kind", String, nullable=False),
+    Column("function_id", String, nullable=False),
+    Column("task_id", Integer, nullable=False, index=True),
+    Column("job_id", Integer),
+    Column("parameters", JSON, nullable=False),
+    Column("owner", JSON),
+    Column("units", JSON, nullable=False),  # the run's units, in order, as planned when it was created
+    Column("plan", JSON, nullable=False),  # chunk_size, block, unit_timeout: how to queue them again
+    Column("status", String, nullable=False),
+    Column("enqueued", Float, nullable=False),
+    Column("started", Float),
+    Column("ended", Float),
+    Column("expires", Float),  # when it leaves the list, as its Redis record's TTL
+    Column("exc_info", Text),
+    Column("cancel_requested", Boolean, nullable=False),
+    # Bumped by each queueing of the run's units: recovery's compare-and-set, so that two processes
+    # that notice the same lost run queue it once.
+    Column("generation", Integer, nullable=False),
+    Column("submitted", Boolean, nullable=False),  # every chunk of this generation is queued
+    Column("updated", Float, nullable=False),
+)
+# Units that failed for good, with the reason, and ReID's matched pairs (done, with their links). A
+# detector's done frames are the frames its run wrote (``request_frames``, or CVAT's staged frames).
+request_units = Table(
+    "request_units", metadata,
+    Column("run", String, primary_key=True),
+    Column("unit", Integer, primary_key=True),
+    Column("reason", Text),  # None: done
+    Column("links", JSON),
 )
 
 

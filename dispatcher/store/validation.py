@@ -25,6 +25,9 @@ _SPEC_FIELD = "metadata.annotations.spec"  # how parse_label_spec names the labe
 # CVAT's column sizes, which cvat-sdk checks when it reads a label: longer ones would break every client.
 MAX_NAME = 64  # label and attribute names
 MAX_DEFAULT_VALUE = 128
+# Ids are positive and fit PostgreSQL's INTEGER, as CVAT's (SQLite's would hold more): no task, job,
+# label or item has a larger one, and the database is not asked about one.
+MAX_ID = 2**31 - 1
 
 
 def checked_labels(raw_labels) -> list[dict]:
@@ -92,6 +95,8 @@ def image_size(data: bytes, where: str, limit: int) -> tuple[int, int, str]:
         image, image_format = open_image(data, limit)
     except BadRequest as problem:
         raise InvalidInput(f"{where}: {problem}") from None
+    except Exception as error:  # Pillow's format plugins raise all kinds of errors on a malformed file
+        raise InvalidInput(f"{where}: not an image Pillow can read ({type(error).__name__}: {error})") from None
     return image.width, image.height, image_format
 
 
@@ -300,6 +305,8 @@ def item_ids(connection, task_id: int, data) -> list[tuple[str, int]]:
         item_id = item.get("id") if isinstance(item, dict) else None
         if not is_int(item_id):
             raise InvalidInput(f"{where}.id: required, an integer")
+        if not 1 <= item_id <= MAX_ID:
+            raise InvalidInput(f"{where}.id: task {task_id} has no {kind[:-1]} {item_id}")
         wanted.append((kind, item_id, where))
     existing = {}
     for batch in batches(sorted({item_id for _, item_id, _ in wanted})):
