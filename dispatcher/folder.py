@@ -45,7 +45,8 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the local platform's and API's; scripts and tests use it too)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -151,12 +152,12 @@ def _start_local(settings: Settings, function_id: str, services: LocalProcesses)
                           f"or point REDIS_URL at one.") from None
     environment = {}
     if not settings.nuclio_configured:
-        nuclio_port = _free_port()
+        nuclio_port = free_port()
         services.start("platform", [sys.executable, "-m", "serverless.runtime", "platform",
                                     str(REPOSITORY / "serverless"), "--port", str(nuclio_port),
                                     "--function", function_id], {})
         environment["NUCLIO_URL"] = f"http://127.0.0.1:{nuclio_port}"
-    api_port = _free_port()
+    api_port = free_port()
     services.start("api", [sys.executable, "-m", "dispatcher", "serve", "--port", str(api_port)], environment)
     services.start("worker", [sys.executable, "-m", "dispatcher", "worker"], environment)
     return f"http://127.0.0.1:{api_port}"

@@ -34,7 +34,6 @@ import contextlib
 import os
 import runpy
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ import redis
 import rq
 import yaml
 
-from dispatcher.folder import stop_process
+from dispatcher.folder import free_port, stop_process
 from dispatcher.registry import LambdaFunction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,12 +231,6 @@ class Stack:
               f"   ({seconds:.1f} s; first chunk started after {queued.total_seconds():.2f} s; "
               f"the request's own fps {request['fps']:.1f})")
         return len(files) / seconds
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait(check, what: str, stack: Stack):

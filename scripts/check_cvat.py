@@ -34,7 +34,6 @@ import argparse
 import base64
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from dispatcher.folder import child_pids, stop_process
+from dispatcher.folder import child_pids, free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO.parent / "shared/testdata"
@@ -151,12 +150,6 @@ class Dispatcher:
         for process in self.processes.values():
             stop_process(process, grace=20)
         redis.Redis.from_url(REDIS_URL).flushdb()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def checked(reply: httpx.Response):

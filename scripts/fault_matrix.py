@@ -30,7 +30,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,19 +43,13 @@ import redis
 import yaml
 from PIL import Image
 
-from dispatcher.folder import child_pids, stop_process
+from dispatcher.folder import child_pids, free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = REPO / "tests/functions/probe"
 FUNCTION = "probe-slow"
 TOKEN = "fault-matrix"
 FINAL = ("finished", "failed", "canceled")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):

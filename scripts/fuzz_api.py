@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from dispatcher.folder import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 FUNCTIONS = [REPO / "serverless/opencv/grabcut/nuclio", REPO / "serverless/opencv/reid-colour-histogram/nuclio"]
 TOKEN = "fuzz-token"
@@ -42,12 +43,6 @@ TOKEN = "fuzz-token"
 # which the document does not declare) and the authorization checks (one user, no security scheme).
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
           "response_schema_conformance,negative_data_rejection,unsupported_method,allow_header_conformance")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(url: str, what: str, timeout: float = 90) -> None:

@@ -8,7 +8,6 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import redis
 import yaml
 from cvat_sdk.masks import decode_mask
 
-from dispatcher.folder import stop_process
+from dispatcher.folder import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -35,12 +34,6 @@ ASTRONAUT_FACE = (185, 70, 265, 178)
 POSTGRES = "host=127.0.0.1 port=5432 user=postgres"  # the local server, as .ci/run starts it
 TOKEN = "test-token-" + uuid.uuid4().hex  # the API_TOKEN of every dispatcher the tests start
 FINAL = ("finished", "failed", "canceled")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def b64_file(path: Path) -> str:
