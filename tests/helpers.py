@@ -235,11 +235,14 @@ class Stack:
         self.http = httpx.Client(base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
         wait_until(lambda: self._answers(), 60, "the API to answer")
 
-    def restart_api(self, down_seconds: float = 0) -> None:
-        """The API process killed outright and, ``down_seconds`` later, started again on its port."""
+    def restart_api(self, down_seconds: float = 0, down_until=None) -> None:
+        """The API process killed outright and, ``down_seconds`` later (and once ``down_until()`` holds,
+        if given), started again on its port."""
         self.api.kill()
         self.api.wait()
         time.sleep(down_seconds)
+        if down_until is not None:
+            wait_until(down_until, 60, "the condition to restart the API on")
         self.api = self._start("serve", "--port", str(self.port))
         wait_until(lambda: self._answers(), 60, "the API to answer again")
 
