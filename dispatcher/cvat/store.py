@@ -36,8 +36,9 @@ from stream_unzip import NotStreamUnzippable, UnzipError, stream_unzip
 
 from dispatcher.converter import TaskAttribute, TaskLabel
 from dispatcher.cvat.client import READ_PATIENCE, CvatClient, CvatUnavailable
-from dispatcher.store import InvalidInput, NotFound, StaleRun
+from dispatcher.store import InvalidInput, NotFound
 from dispatcher.store.request_records import RequestRecords
+from dispatcher.store.rows import hold_run
 from dispatcher.store.tables import metadata as store_metadata
 from dispatcher.store.tables import open_engine, request_records, request_units
 
@@ -235,14 +236,6 @@ class CvatStore:
                 .where(cvat_runs.c.request_id == request_id, cvat_frames.c.run == run,
                        cvat_frames.c.written.is_(True))).scalars())
 
-    @staticmethod
-    def _hold_run(connection, request_id: str, run: str):
-        row = connection.execute(select(cvat_runs).where(cvat_runs.c.request_id == request_id)
-                                 .with_for_update()).first()
-        if row is None or row.run != run:
-            raise StaleRun(f"run {run} of request {request_id} has been replaced; nothing was written")
-        return row
-
     def write_results(self, request_id: str, run: str, task_id: int,
                       results: dict[int, tuple[list[dict], list[dict]]], cleanup_frames: list[int] | None) -> bool:
         """Stage, then write to CVAT the frames not there yet (see the module's docstring). Cleanup
@@ -251,7 +244,7 @@ class CvatStore:
             return False
         frames = sorted(results)
         with self._engine.begin() as connection:
-            self._hold_run(connection, request_id, run)
+            hold_run(connection, cvat_runs, request_id, run)
             staged_before = set(connection.execute(select(cvat_frames.c.frame).where(
                 cvat_frames.c.run == run, cvat_frames.c.frame.in_(frames))).scalars())
             fresh = [{"run": run, "frame": frame, "written": False,
@@ -281,7 +274,7 @@ class CvatStore:
             self._settle()
         for job_id, job_frames in self._by_job(task_id, frames).items():
             with self._engine.begin() as connection:
-                self._hold_run(connection, request_id, run)  # held until the write is recorded
+                hold_run(connection, cvat_runs, request_id, run)  # held until the write is recorded
                 pending = {row.frame: row.content for row in connection.execute(select(cvat_frames).where(
                     cvat_frames.c.run == run, cvat_frames.c.frame.in_(job_frames),
                     cvat_frames.c.written.is_(False)))}
@@ -350,7 +343,7 @@ class CvatStore:
         in one PUT of the target's annotations (idempotent: a second PUT after a lost answer finds no
         rectangles left to link and puts the same annotations again)."""
         with self._engine.begin() as connection:
-            if self._hold_run(connection, request_id, run).tracks_written:
+            if hold_run(connection, cvat_runs, request_id, run).tracks_written:
                 return False
             current = self.cvat.annotations(task_id, job_id)
             wanted = set(frames)

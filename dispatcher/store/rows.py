@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, insert, select, update
 
-from dispatcher.store.errors import NotFound
+from dispatcher.store.errors import NotFound, StaleRun
 from dispatcher.store.tables import annotations, attributes, frames, jobs, labels, tasks
 
 BATCH = 5000  # frames per IN (...) list, well below SQLite's and PostgreSQL's parameter limits
@@ -18,6 +18,15 @@ def task_row(connection, task_id: int, for_update: bool = False):
     row = connection.execute(query.with_for_update() if for_update else query).first()
     if row is None:
         raise NotFound(f"task {task_id} does not exist")
+    return row
+
+
+def hold_run(connection, runs, request_id: str, run: str):
+    """Lock the request's row in ``runs`` (the local store's request_runs, the CVAT store's
+    cvat_runs) for this transaction; StaleRun unless ``run`` is its run."""
+    row = connection.execute(select(runs).where(runs.c.request_id == request_id).with_for_update()).first()
+    if row is None or row.run != run:
+        raise StaleRun(f"run {run} of request {request_id} has been replaced; nothing was written")
     return row
 
 

@@ -20,10 +20,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from dispatcher import tracks
 from dispatcher.converter import TaskAttribute, TaskLabel
 from dispatcher.store import exports
-from dispatcher.store.errors import InvalidInput, NotFound, StaleRun
+from dispatcher.store.errors import InvalidInput, NotFound
 from dispatcher.store.request_records import RequestRecords
 from dispatcher.store.rows import (
     batches,
+    hold_run,
     insert_items,
     insert_labels,
     iso,
@@ -461,7 +462,7 @@ class Store:
         is no longer the request's run.
         """
         with self._engine.begin() as connection:
-            self._hold_run(connection, request_id, run)
+            hold_run(connection, request_runs, request_id, run)
             context = TaskContext.load(connection, task_id)
             items = []
             for frame in sorted(results):
@@ -517,7 +518,7 @@ class Store:
         ``link(rectangles_by_frame)`` makes of them. Once per run: False when they were already
         written; StaleRun when ``run`` is no longer the request's run."""
         with self._engine.begin() as connection:
-            if self._hold_run(connection, request_id, run).tracks_written:
+            if hold_run(connection, request_runs, request_id, run).tracks_written:
                 return False
             by_frame = rectangles_on(connection, task_id, frames)
             context = TaskContext.load(connection, task_id)
@@ -561,15 +562,6 @@ class Store:
             connection.execute(delete(request_frames).where(request_frames.c.request_id == request_id))
             connection.execute(update(annotations).where(annotations.c.request_id == request_id)
                                .values(request_id=None))
-
-    @staticmethod
-    def _hold_run(connection, request_id: str, run: str):
-        """Lock the request's run row for this transaction; StaleRun unless ``run`` is its run."""
-        row = connection.execute(select(request_runs).where(request_runs.c.request_id == request_id)
-                                 .with_for_update()).first()
-        if row is None or row.run != run:
-            raise StaleRun(f"run {run} of request {request_id} has been replaced; nothing was written")
-        return row
 
     # Exports
 
