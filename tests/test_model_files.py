@@ -118,3 +118,18 @@ def test_resolve_first_prefers_the_official_model(tmp_path):
     shutil.rmtree(tmp_path / "models" / "yolo-v3-tiny")
     with pytest.raises(model_files.ModelFilesMissing, match="yolo-v3-tf/FP32/yolo-v3-tf.xml is missing"):
         model_files.resolve_first(["yolo-v3-tf", "yolo-v3-tiny"], settings_with(tmp_path))
+
+
+def test_mirroring_named_models_fails_when_the_source_lacks_them(tmp_path, capsys):
+    # What an air-gapped image build runs: a named model missing from the folder fails the build.
+    source = tmp_path / "source"
+    copy_variant(source / FACE)
+    destination = str(tmp_path / "models")
+    assert model_files.main(["--models-dir", destination, "mirror", "--from", str(source), FACE]) == 0
+    assert model_files.main(["--models-dir", destination, "mirror", "--from", str(source), FACE, "yolox-nano"]) == 1
+    assert f"{source} holds no complete copy of yolox-nano" in capsys.readouterr().err
+    # --any: interchangeable models (an official one and its stand-in), one in place is enough.
+    assert model_files.main(["--models-dir", destination, "mirror", "--from", str(source), "--any",
+                             "yolox-nano", FACE]) == 0
+    assert model_files.main(["--models-dir", str(tmp_path / "empty"), "mirror", "--from", str(source), "--any",
+                             "yolox-nano", "yolo-v3-tiny"]) == 1

@@ -1,11 +1,13 @@
 """The model-file catalogue (``models.yaml``): find a model's files, mirror them, download them.
 
     python -m serverless.common.model_files status   [MODEL ...]
-    python -m serverless.common.model_files mirror   --from DIR [MODEL ...]
+    python -m serverless.common.model_files mirror   --from DIR [--any] [MODEL ...]
     python -m serverless.common.model_files download [MODEL ...]
 
 ``mirror`` copies files from a local collection laid out as ``<model>/<precision>/<file>`` (such as
-``../shared/models``) after checking each checksum against the catalogue; ``download`` fetches the
+``../shared/models``) after checking each checksum against the catalogue; models named on the
+command line must be there afterwards (with ``--any``, one of them: an official model and its
+stand-in), which is how an air-gapped image build fails loudly; ``download`` fetches the
 official files (from a URL, or from a wheel on the package index). Both write to ``$MODELS_DIR``
 (or ``--models-dir``) and skip files already in place with the right checksum. Files an image
 build generates (an OMZ conversion, say) are listed with the command that makes them. Nothing
@@ -289,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("status", help="where each model resolves").add_argument("models", nargs="*")
     mirror_parser = commands.add_parser("mirror", help="copy checked files from a local collection")
     mirror_parser.add_argument("--from", dest="source", type=Path, required=True)
+    mirror_parser.add_argument("--any", action="store_true",
+                               help="the named models are interchangeable: one of them in place is enough")
     mirror_parser.add_argument("models", nargs="*")
     commands.add_parser("download", help="download the official files").add_argument("models", nargs="*")
     args = parser.parse_args(argv)
@@ -304,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "mirror":
         print(f"Mirroring model files from {args.source} into {settings.models_dir}")
         problems, absent = mirror(args.source, names, settings.models_dir)
+        if args.any and len(absent) < len(names):
+            absent = []  # interchangeable models: the one found is enough
         missing = _status(absent, settings) if absent else []
+        if args.models and missing:
+            problems.append(f"{args.source} holds no complete copy of {', '.join(missing)}")
     elif args.command == "download":
         problems, missing = download(names, settings.models_dir), []
     else:
