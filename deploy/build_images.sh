@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build our images: the framework bases (OpenVINO, ONNX, PyTorch; CPU and GPU), the dispatcher
-# (API, RQ workers, compose's function catalogue) and every function's base image with its official
-# weights (downloaded and checksum-checked during the build).
+# (API, RQ workers, compose's function catalogue) and every function's base image with its weights
+# (the official download, or MODEL_FILES=local: ./models; checksums checked during the build).
+# EXTRA_CA_CERTS (PEM text) is trusted while the builds fetch.
 #
 #   deploy/build_images.sh                       # everything, for this machine's Docker
 #   deploy/build_images.sh --registry REG --push # tagged REG/<name> and pushed (Kubernetes)
@@ -24,12 +25,12 @@ prefix=${registry:+$registry/}
 built=()
 
 framework_bases | while read -r name requirements extra; do
-  args=(--build-arg "REQUIREMENTS=$requirements")
+  args=(--build-arg "REQUIREMENTS=$requirements" "${extra_ca_args[@]}")
   if [ -n "${extra:-}" ]; then args+=(--build-arg "$extra"); fi
   run docker build "${args[@]}" -t "$prefix$name" -f "$REPO_ROOT/$FUNCTION_BASE_DOCKERFILE" "$REPO_ROOT"
   if [ "$push" = 1 ]; then run docker push "$prefix$name"; fi
 done
-run docker build -t "$prefix$DISPATCHER_IMAGE" -f "$REPO_ROOT/deploy/images/dispatcher.Dockerfile" "$REPO_ROOT"
+run docker build "${extra_ca_args[@]}" -t "$prefix$DISPATCHER_IMAGE" -f "$REPO_ROOT/deploy/images/dispatcher.Dockerfile" "$REPO_ROOT"
 built+=("$prefix$DISPATCHER_IMAGE")
 
 if [ "$functions" = 1 ]; then

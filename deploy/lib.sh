@@ -12,13 +12,22 @@ DISPATCHER_IMAGE="cvat.autoannotate.dispatcher:$VERSION"
 # shellcheck disable=SC2034
 FUNCTION_BASE_DOCKERFILE="deploy/images/function-base.Dockerfile"
 
+# Build arguments from the environment (README "Build arguments"): EXTRA_CA_CERTS, a TLS-inspecting
+# proxy's CA certificates (PEM text) that every build trusts while it fetches, passed by name so
+# the text stays out of the logged command; MODEL_FILES (download | local) for function images.
+extra_ca_args=()
+if [ -n "${EXTRA_CA_CERTS:-}" ]; then
+  export EXTRA_CA_CERTS
+  extra_ca_args=(--build-arg EXTRA_CA_CERTS)
+fi
+
 # framework base images: name, requirements file, extra build arguments
 framework_bases() {
   cat <<LIST
 cvat.autoannotate.openvino:$VERSION deploy/requirements/openvino.txt
 cvat.autoannotate.onnx:$VERSION deploy/requirements/onnx.txt
 cvat.autoannotate.onnx:$VERSION-gpu deploy/requirements/onnx.txt ONNXRUNTIME=onnxruntime-gpu==1.32.0
-cvat.autoannotate.pytorch:$VERSION deploy/requirements/pytorch.txt TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+cvat.autoannotate.pytorch:$VERSION deploy/requirements/pytorch.txt TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
 cvat.autoannotate.pytorch:$VERSION-gpu deploy/requirements/pytorch.txt TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 LIST
 }
@@ -55,5 +64,6 @@ build_function_base() {
     framework="$framework-gpu"
   fi
   run docker build --target base --build-arg "BASE_IMAGE=${registry:+$registry/}$framework" \
+    --build-arg "MODEL_FILES=${MODEL_FILES:-download}" "${extra_ca_args[@]}" \
     -t "${registry:+$registry/}$base" -f "$REPO_ROOT/$folder/Dockerfile" "$REPO_ROOT"
 }

@@ -114,13 +114,14 @@ def test_compose_builds_point_at_real_dockerfiles_stages_and_arguments(name):
         assert build["target"] in [stage["name"] for stage in parsed], f"{name}: no stage {build['target']}"
     declared = set(re.findall(r"^ARG (\w+)", dockerfile.read_text(), re.M))
     assert set(build.get("args", {})) <= declared, f"{name}: arguments the Dockerfile does not declare"
-    for context_name, reference in build.get("additional_contexts", {}).items():
-        base_service = reference.removeprefix("service:")
-        assert base_service in SERVICES and SERVICES[base_service].get("scale") == 0, reference
-        # The base a function is built on here is the one nuclio's recipe names by default.
-        assert build["args"]["BASE_IMAGE"] == context_name
-        default = re.search(r"^ARG BASE_IMAGE=(\S+)", dockerfile.read_text(), re.M).group(1)
-        assert SERVICES[base_service]["image"] == default
+    # Named build contexts need a BuildKit that Docker 20.10 lacks: a function starts FROM its framework
+    # base's tag, and compose builds that base first because the function depends on it.
+    assert "additional_contexts" not in build, name
+    default = re.search(r"^ARG BASE_IMAGE=(\S+)", dockerfile.read_text(), re.M)
+    if default and name != "platform":
+        (base_service,) = SERVICES[name]["depends_on"]
+        assert SERVICES[base_service].get("scale") == 0 and SERVICES[base_service]["image"] == default.group(1)
+        assert SERVICES[name]["depends_on"][base_service] == {"condition": "service_started", "required": False}
 
 
 def test_every_function_runs_in_its_own_container_and_the_platform_lists_it():
@@ -213,8 +214,9 @@ def test_dockerfiles_copy_what_exists_from_pinned_bases_as_a_non_root_user(docke
                         assert requirement_files
                         continue
                     assert (REPO / source).exists(), f"{dockerfile}: {source} is not in the repository"
-            if kind == "RUN" and "serverless.common.model_files download" in value:
-                for name in value.split("download", 1)[1].split():
+            if kind == "RUN" and "fetch-model-files.sh" in value:
+                arguments = re.split(r";|&&", value.split("fetch-model-files.sh", 1)[1])[0].split()
+                for name in [word for word in arguments if word != "--any"]:
                     assert name in model_files.catalogue(), f"{dockerfile}: {name} is not in the model catalogue"
     assert effective_user(dockerfile, parsed[-1]) not in ("", "root", "0"), f"{dockerfile} runs as root"
 
@@ -275,9 +277,9 @@ def recording_tools(tmp_path):
                             f"    log.write(json.dumps([{tool!r}, *sys.argv[1:]]) + '\\n')\n")
         stand_in.chmod(0o755)
 
-    def run(*command: str, expect: int = 0) -> list[list[str]]:
+    def run(*command: str, expect: int = 0, env: dict | None = None) -> list[list[str]]:
         log.write_text("")
-        env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+        env = {**os.environ, **(env or {}), "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
         result = subprocess.run([str(REPO / command[0]), *command[1:]], env=env, capture_output=True, text=True)
         assert result.returncode == expect, result.stderr
         return [json.loads(line) for line in log.read_text().splitlines()]
@@ -336,6 +338,42 @@ def test_deploy_to_kubernetes_pushes_bases_and_sets_replicas(recording_tools):
     # Mistakes are refused before anything runs.
     assert recording_tools("deploy/nuclio/deploy_cpu.sh", "--platform", "kube", expect=2) == []
     assert recording_tools("deploy/nuclio/deploy_cpu.sh", "no-such-function", expect=2) == []
+
+
+def test_builds_take_weights_from_models_and_trust_extra_ca_certificates_when_asked(recording_tools):
+    calls = recording_tools("deploy/build_images.sh")
+    assert all("EXTRA_CA_CERTS" not in call for call in calls)  # off by default
+    face = _built(calls)["cvat.openvino.omz.intel.face-detection-0205.base"]
+    assert "MODEL_FILES=download" in face
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+    environment = {"MODEL_FILES": "local", "EXTRA_CA_CERTS": pem}
+    built = _built(recording_tools("deploy/build_images.sh", env=environment))
+    assert "MODEL_FILES=local" in built["cvat.openvino.omz.intel.face-detection-0205.base"]
+    # Every build gets it, by name: docker reads the value from the environment, and logs no PEM.
+    for image, call in built.items():
+        assert "EXTRA_CA_CERTS" in call and not any("BEGIN CERTIFICATE" in word for word in call), image
+
+
+def test_extra_ca_certificates_are_trusted_for_one_step_and_left_nowhere(tmp_path):
+    script = str(REPO / "deploy/images/with-extra-ca-certs.sh")
+    show = ("for v in PIP_CERT SSL_CERT_FILE REQUESTS_CA_BUNDLE; do eval echo \\$$v; done; "
+            "head -n 1 \"$PIP_CERT\"; tail -n 3 \"$PIP_CERT\"")
+    pem = "-----BEGIN CERTIFICATE-----\nMIIBproxy\n-----END CERTIFICATE-----"
+    environment = {**os.environ, "EXTRA_CA_CERTS": pem, "TMPDIR": str(tmp_path)}
+    step = subprocess.run([script, "sh", "-c", show], env=environment, capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    bundle = step[0]
+    assert step[1] == step[2] == bundle and bundle.startswith(str(tmp_path))
+    # The system's certificates, then the extra ones.
+    assert step[3] == Path("/etc/ssl/certs/ca-certificates.crt").read_text().splitlines()[0]
+    assert step[4:] == pem.splitlines()
+    assert not list(tmp_path.iterdir())  # the bundle is gone when the step ends
+    unset = {k: v for k, v in os.environ.items() if k not in ("EXTRA_CA_CERTS", "PIP_CERT")}
+    assert subprocess.run([script, "sh", "-c", 'echo "${PIP_CERT:-none}"'], env=unset, capture_output=True,
+                          text=True, check=True).stdout.strip() == "none"
+    refused = subprocess.run([script, "true"], env={**os.environ, "EXTRA_CA_CERTS": "not a certificate"},
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "EXTRA_CA_CERTS holds no PEM certificate" in refused.stderr
 
 
 def test_compose_and_the_build_script_name_the_same_images(recording_tools):
