@@ -5,9 +5,10 @@ many calls in flight as the function has workers: check the cancel flag, send th
 bytes (never re-encoded, unless the request names a region: then its crop) to the function, retry a
 call that failed for a reason worth retrying with backoff, and check the reply.
 
-Detectors: the chunk's results go to the store in ONE transaction keyed by (request, frame), so a
-chunk that runs again after its worker died replaces its own results instead of duplicating them,
-and ``cleanup`` runs exactly once per request, before its first write. ReID: each pair's matches go
+Detectors: results go to the store as frames finish, in transactions at most STORE_SECONDS apart,
+each keyed by (request, frame), so a chunk that runs again after its worker died replaces its own
+results instead of duplicating them, and ``cleanup`` runs exactly once per request, before its
+first write. ReID: each pair's matches go
 to Redis; the chunk that accounts for the last pair links them into tracks (``dispatcher.reid``).
 Progress is reported only for units whose results are kept. Writes are fenced by run: a chunk of a
 run that has been replaced writes nothing.
@@ -19,6 +20,7 @@ import base64
 import contextlib
 import functools
 import logging
+import queue
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from dispatcher import reid
 from dispatcher import roi as regions
 from dispatcher import settings as dispatcher_settings
 from dispatcher.backends import open_store
+from dispatcher.batches import FrameBatches
 from dispatcher.call_slots import CallSlots
 from dispatcher.circuit_breaker import PROBE_SECONDS, CircuitBreaker, CircuitOpen
 from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert
@@ -48,6 +51,7 @@ RETRYABLE_STATUSES = {500, 502, 503, 504}
 # nuclio or the function cannot be reached, is not ready or does not answer: what the function's
 # circuit counts (a 500 is a handler that raised, on that frame).
 UNREACHABLE_STATUSES = {502, 503, 504}
+STORE_SECONDS = 0.5  # a chunk stores its finished frames, and reports them, at least this often
 
 
 @dataclass(frozen=True)
@@ -263,22 +267,20 @@ def _annotate_with(request: dict, frames: list[int], services: WorkerServices, s
     if parameters.get("conv_mask_to_poly"):  # for functions that make their own polygons (cvat-sdk ones)
         extra["conv_mask_to_poly"] = True
     region = tuple(parameters["roi"]) if parameters.get("roi") else None
+    batches = FrameBatches(frames, function.meta.max_batch)
 
-    def annotate(frame: int):
+    def image(frame: int, data: bytes) -> str | UnitFailure:
+        """The frame's stored file (or the region's crop) as base64, or why it cannot be sent."""
         if mapping.done() and isinstance(mapping.exception(), (MappingError, NotFound)):  # nothing could be kept
             return UnitFailure(f"cannot annotate: {mapping.exception()}")
-        data = services.store.frame_bytes(task, frame)
         if region is not None:
             try:
                 data = regions.crop(data, region)
             except BadRequest as error:
                 return UnitFailure(f"frame {frame}: {error}")
-        try:
-            items = _call_with_retries(services, run, shared, {"image": base64.b64encode(data).decode(), **extra})
-        except GatewayError as error:
-            return UnitFailure(f"function {function.id} answered {error.status}: {error.message}")
-        except CircuitOpen as error:
-            return UnitFailure(str(error))
+        return base64.b64encode(data).decode()
+
+    def converted(frame: int, items) -> tuple | UnitFailure:
         try:
             tags, shapes, _ = convert(items, mapping.result(), frame, bool(parameters.get("conv_mask_to_poly")))
         except (MappingError, NotFound) as error:  # the task changed since the request was made
@@ -289,21 +291,101 @@ def _annotate_with(request: dict, frames: list[int], services: WorkerServices, s
             shapes = [regions.shift_shape(shape, region[0], region[1]) for shape in shapes]
         return tags, shapes
 
-    outcomes = _run_units(function, frames, annotate)
-    results = {frame: outcome for frame, outcome in outcomes.items() if isinstance(outcome, tuple)}
-    cleanup_frames = services.store.target_frames(task, request["job"]) if parameters.get("cleanup") else None
+    def called(payload: dict):
+        """The function's reply, or a UnitFailure saying why there is none (Cancelled propagates)."""
+        try:
+            return _call_with_retries(services, run, shared, payload)
+        except GatewayError as error:
+            return UnitFailure(f"function {function.id} answered {error.status}: {error.message}")
+        except CircuitOpen as error:
+            return UnitFailure(str(error))
+
+    def annotate(batch: list[int]) -> dict[int, object]:
+        outcomes, images = {}, {}
+        for frame, data in services.store.frames_bytes(task, batch).items():
+            prepared = image(frame, data)
+            (outcomes if isinstance(prepared, UnitFailure) else images)[frame] = prepared
+        started = time.monotonic()
+        replies = None
+        if len(images) > 1:
+            replies = called({"images": list(images.values()), **extra})
+            if isinstance(replies, UnitFailure) and " answered 413: " in replies.reason:
+                replies = None  # over the function's MAX_BATCH_PIXELS: one frame per call instead
+            elif not isinstance(replies, UnitFailure) and not (isinstance(replies, list)
+                                                               and len(replies) == len(images)):
+                replies = UnitFailure(f"function {function.id} returned unusable results: not one list per "
+                                      f"image of the {len(images)} in the batch")
+        if replies is None:
+            replies = [called({"image": data, **extra}) for data in images.values()]
+        for index, frame in enumerate(images):
+            reply = replies if isinstance(replies, UnitFailure) else replies[index]
+            outcomes[frame] = reply if isinstance(reply, UnitFailure) else converted(frame, reply)
+        batches.timed(len(images), time.monotonic() - started)
+        return outcomes
+
+    target = {}  # with cleanup: the request's target frames, read at the first write
+    written, failed = 0, 0
+
+    def store(outcomes: dict[int, object]) -> None:
+        """Write the finished frames' results in one transaction, then report them."""
+        nonlocal written, failed
+        if parameters.get("cleanup") and "frames" not in target:
+            target["frames"] = services.store.target_frames(task, request["job"])
+        results = {frame: outcome for frame, outcome in outcomes.items() if isinstance(outcome, tuple)}
+        services.store.write_results(request["id"], run, task, results, target.get("frames"))
+        for frame, outcome in outcomes.items():
+            if isinstance(outcome, UnitFailure):
+                services.book.frame_failed(run, frame, outcome.reason)
+        services.book.frame_done(run, *results)
+        written, failed = written + len(results), failed + len(outcomes) - len(results)
+
+    # As many threads as the function serves calls at once, each taking the next batch; frames are
+    # stored as they finish, at most STORE_SECONDS apart, so that progress moves and a worker that
+    # dies loses little. Each write is keyed by (request, frame): a chunk that runs again replaces
+    # what it wrote.
+    finished_batches: queue.Queue = queue.Queue()
+
+    def call_batches() -> None:
+        try:
+            while batch := batches.take():
+                finished_batches.put(annotate(batch))
+        except Cancelled:
+            batches.stop()
+        except BaseException as error:  # noqa: BLE001 - handed to the chunk's thread, which raises it
+            batches.stop()
+            finished_batches.put(error)
+        finally:
+            finished_batches.put(None)
+
+    callers = max(1, function.workers)
+    pool = ThreadPoolExecutor(callers)
+    for _ in range(callers):
+        pool.submit(call_batches)
+    finished, stored_at = {}, time.monotonic()
     try:
-        services.store.write_results(request["id"], run, task, results, cleanup_frames)
+        while callers:
+            due = max(0.0, stored_at + STORE_SECONDS - time.monotonic()) if finished else None
+            with contextlib.suppress(queue.Empty):
+                item = finished_batches.get(timeout=due)
+                if item is None:
+                    callers -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    finished.update(item)
+            if finished and (not callers or time.monotonic() - stored_at >= STORE_SECONDS):
+                store(finished)
+                finished, stored_at = {}, time.monotonic()
+        if not written and not failed:
+            store({})  # the request's cleanup happens even when every frame was canceled
     except StaleRun as error:
         log.warning("%s", error)
-        return {"frames": len(frames), "written": 0, "failed": 0, "canceled": len(frames), "stale": True}
-    for frame, outcome in outcomes.items():
-        if isinstance(outcome, UnitFailure):
-            services.book.frame_failed(run, frame, outcome.reason)
-        else:
-            services.book.frame_done(run, frame)
-    return {"frames": len(frames), "written": len(results), "failed": len(outcomes) - len(results),
-            "canceled": len(frames) - len(outcomes)}
+        return {"frames": len(frames), "written": written, "failed": failed,
+                "canceled": len(frames) - written - failed, "stale": True}
+    finally:
+        batches.stop()
+        pool.shutdown(wait=True)
+    return {"frames": len(frames), "written": written, "failed": failed, "canceled": len(frames) - written - failed}
 
 
 def _match_pairs(request: dict, frames: list[int], services: WorkerServices) -> dict:

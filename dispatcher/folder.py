@@ -156,7 +156,8 @@ def _start_local(settings: Settings, function_id: str, services: LocalProcesses)
         services.start("platform", [sys.executable, "-m", "serverless.runtime", "platform",
                                     str(REPOSITORY / "serverless"), "--port", str(nuclio_port),
                                     "--function", function_id], {})
-        environment["NUCLIO_URL"] = f"http://127.0.0.1:{nuclio_port}"
+        # Calls go straight to the function's port (the platform reports it), not through its proxy.
+        environment.update(NUCLIO_URL=f"http://127.0.0.1:{nuclio_port}", NUCLIO_INVOKE_METHOD="direct")
     api_port = free_port()
     services.start("api", [sys.executable, "-m", "dispatcher", "serve", "--port", str(api_port)], environment)
     services.start("worker", [sys.executable, "-m", "dispatcher", "worker"], environment)

@@ -47,6 +47,9 @@ class LambdaFunction:
     message: str
     http_port: int
     workers: int  # how many calls it serves at once: its HTTP trigger's workers times its replicas
+    # "host:port" where the function itself answers, as nuclio's status.internalInvocationUrls
+    # says (our platform reports it too); "" when the dashboard does not say
+    address: str = ""
 
 
     @property
@@ -66,8 +69,10 @@ class LambdaFunction:
         replicas = max(int(spec.get("replicas") or 0), int(spec.get("minReplicas") or 0), 1)
         workers = int(per_replica) * replicas
         # A dashboard that reports no state is taken at its word that the function exists and runs.
+        addresses = status.get("internalInvocationUrls") or []
+        address = addresses[0] if isinstance(addresses, list) and addresses and isinstance(addresses[0], str) else ""
         return cls(FunctionMeta.from_nuclio(config), status.get("state") or "ready",
-                   status.get("message") or "", int(status.get("httpPort") or 0), int(workers))
+                   status.get("message") or "", int(status.get("httpPort") or 0), int(workers), address)
 
     def to_api(self) -> dict:
         """CVAT's function object (docs/wire-format.md §3.3), plus ``state`` and ``message``."""
@@ -122,4 +127,4 @@ class Registry:
 
     def call(self, function: LambdaFunction, payload: dict) -> Any:
         self.check_ready(function)
-        return self.gateway.invoke(function.id, function.http_port, payload)
+        return self.gateway.invoke(function.id, function.http_port, function.address, payload)

@@ -284,10 +284,12 @@ class RequestBook:
         if self._start(keys=[self._key(run)], args=[now]) and self.records is not None:
             self.records.started(run, now)
 
-    def frame_done(self, run: str, frame: int) -> None:
+    def frame_done(self, run: str, *frames: int) -> None:
+        if not frames:
+            return
         with self.redis.pipeline() as pipe:  # a unit that failed before and now succeeded is done
-            pipe.sadd(self._key(run, ":done"), frame)
-            pipe.hdel(self._key(run, ":failures"), frame)
+            pipe.sadd(self._key(run, ":done"), *frames)
+            pipe.hdel(self._key(run, ":failures"), *frames)
             pipe.execute()
 
     def frames_done(self, run: str) -> set[int]:

@@ -21,6 +21,7 @@ import logging
 import signal
 import threading
 
+import httpcore  # noqa: F401  httpx imports it with its first client: here, not in every chunk
 import redis
 import rq
 

@@ -89,3 +89,14 @@ def test_label_spec_defaults_and_skeletons():
     ]))
     assert any_label.type == "any" and old.type == "any"
     assert [s.name for s in pose.sublabels] == ["nose", "tail"] and pose.svg == "<line/>"
+
+
+def test_max_batch_is_ours_for_detectors_only():
+    assert FunctionMeta.from_nuclio(config()).max_batch == 1  # CVAT's one frame per call
+    assert FunctionMeta.from_nuclio(config(max_batch="16")).max_batch == 16
+    face = FunctionMeta.from_nuclio(yaml.safe_load((FACE_FUNCTION / "function.yaml").read_text()))
+    assert face.max_batch == 16
+    with pytest.raises(MetadataError, match=r"metadata.annotations.max_batch: must be 1 or more, got 0"):
+        FunctionMeta.from_nuclio(config(max_batch="0"))
+    with pytest.raises(MetadataError, match=r"max_batch: only detectors take batches, not interactors"):
+        FunctionMeta.from_nuclio(config(type="interactor", max_batch="4"))

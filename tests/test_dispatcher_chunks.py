@@ -1,9 +1,12 @@
 """Chunks of an annotation request, end to end on real parts: the local platform serving the real
 YOLO v3 function (tiny IR), the SQLite task store, and Redis."""
 
+import dataclasses
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -43,6 +46,17 @@ def platform(tmp_path_factory):
     copy_function(PROBE, tree / "down", **{"metadata.name": "probe-down",
                                            "spec.env": [{"name": "PROBE_INIT_FAIL", "value": "no weights"}]})
     copy_function(REPO / "serverless/opencv/reid-colour-histogram/nuclio", tree / "reid")
+    # The same YOLO, one frame per call as CVAT sends them; and one that refuses every batch (413).
+    copy_function(REPO / "serverless/openvino/omz/public/yolo-v3-tf/nuclio", tree / "yolo-single",
+                  **{"metadata.name": "yolo-single", "metadata.annotations.max_batch": "1"})
+    copy_function(REPO / "serverless/openvino/omz/public/yolo-v3-tf/nuclio", tree / "yolo-tight",
+                  **{"metadata.name": "yolo-tight", "spec.env": [{"name": "MAX_BATCH_PIXELS", "value": "1"}]})
+    # A detector taking 0.2 s a frame, batches allowed, one worker: a chunk takes seconds.
+    copy_function(PROBE, tree / "probe-slow", **{
+        "metadata.name": "probe-slow", "metadata.annotations.max_batch": "16",
+        "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0.2"}],
+        "spec.triggers.myHttpTrigger.maxWorkers": 1, "spec.triggers.myHttpTrigger.numWorkers": 1,
+        "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 67108864})
     # A ReID function whose reply (a description of what it got) is no matching.
     copy_function(PROBE, tree / "probe-reid", **{"metadata.name": "probe-reid", "metadata.annotations.type": "reid",
                                                  "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
@@ -124,6 +138,58 @@ def test_a_request_in_two_chunks_annotates_every_frame_with_task_label_ids(servi
     # By-name mapping: YOLO's "person" and "car" only; "human" is no YOLO label.
     assert {shape["label_id"] for s in shapes.values() for shape in s} <= {ids["person"], ids["car"], ids["bus"]}
     assert services.store.request_frames(rid) == set(range(6))
+
+
+class RecordingRegistry(Registry):
+    """The real registry, noting how many frames each call carried."""
+
+    def __init__(self, gateway):
+        super().__init__(gateway)
+        self.frames_per_call = []
+
+    def call(self, function, payload):
+        self.frames_per_call.append(len(payload["images"]) if "images" in payload else 1)
+        return super().call(function, payload)
+
+
+def test_batched_calls_give_what_one_frame_per_call_gives(services, platform):
+    # YOLO's function.yaml allows 16 frames per call; a copy that allows 1 is what CVAT would send.
+    registry = RecordingRegistry(Gateway(dispatcher_settings.load({"NUCLIO_URL": platform.url})))
+    batched = dataclasses.replace(services, registry=registry)
+    results = {}
+    for function in (YOLO, "yolo-single", "yolo-tight"):
+        task = new_task(services.store)
+        registry.frames_per_call.clear()
+        rid = run_request(batched, task, function=function, chunk_size=6, threshold=0.3)
+        assert services.book.get(rid)["frames"] == {"total": 6, "done": 6, "failed": 0}, function
+        results[function] = {frame: sorted((s["label_id"] - min(label_ids(task).values()), s["points"]) for s in shapes)
+                             for frame, shapes in shapes_by_frame(services, task).items()}
+        calls = list(registry.frames_per_call)
+        if function == YOLO:  # the first calls carry one frame each; once timed, the rest go together
+            assert sum(calls) == 6 and max(calls) > 1, calls
+        elif function == "yolo-single":
+            assert calls == [1] * 6
+        else:  # every batch refused with 413 (MAX_BATCH_PIXELS): its frames were sent one by one
+            assert max(calls) > 1 and calls.count(1) >= 6, calls
+    assert results[YOLO] == results["yolo-single"] == results["yolo-tight"] and results[YOLO]
+
+
+def test_a_chunk_stores_and_reports_frames_as_they_finish(services):
+    # 12 frames at 0.2 s each: the chunk takes about 2.4 s, and its progress must move before it ends.
+    task = services.store.create_task("slow", [{"name": "thing", "type": "rectangle"}])
+    services.store.add_frames(task["id"], [(f"{i}.jpg", FRAMES[2].read_bytes()) for i in range(12)])
+    run, frames = start_request(services, services.store.get_task(task["id"]), "probe-slow")
+    seen = []
+    chunk = threading.Thread(target=run_chunk, args=(run.id, frames, services, "chunk-0"))
+    chunk.start()
+    while chunk.is_alive():
+        seen.append(services.book.get(run.request_id)["frames"]["done"])
+        time.sleep(0.05)
+    chunk.join()
+    assert services.book.get(run.request_id)["frames"]["done"] == 12
+    during = sorted(set(seen) - {0, 12})
+    assert len(during) >= 2, seen  # done moved at least twice before the last frame
+    assert services.store.request_frames(run.request_id) == set(range(12))
 
 
 def test_threshold_zero_is_forwarded(services):

@@ -117,6 +117,21 @@ def test_timeout_is_504(platform, method):
     assert error.value.status == 504
 
 
+def test_direct_calls_go_to_the_address_the_platform_reports(platform):
+    # NUCLIO_FUNCTION_HOST names no host that answers: the call reaches the function only through
+    # the address in status.internalInvocationUrls.
+    registry = registry_for(platform, NUCLIO_INVOKE_METHOD="direct", NUCLIO_FUNCTION_HOST="127.0.0.2")
+    probe = registry.function("runtime-probe")
+    assert probe.address == f"127.0.0.1:{probe.http_port}"
+    assert registry.call(probe, {"k": 1})["body"] == {"k": 1}
+    # A dashboard that reports no address (CVAT's nuclio, some versions): NUCLIO_FUNCTION_HOST and httpPort.
+    unlisted = dataclasses.replace(probe, address="")
+    with pytest.raises(GatewayError) as error:
+        registry.call(unlisted, {"k": 1})
+    assert error.value.status == 503 and f"http://127.0.0.2:{probe.http_port}/" in error.value.message
+    assert registry_for(platform, NUCLIO_INVOKE_METHOD="direct").call(unlisted, {"k": 2})["body"] == {"k": 2}
+
+
 def test_nuclio_down_is_503():
     registry = Registry(Gateway(dispatcher_settings.load({"NUCLIO_URL": f"http://127.0.0.1:{free_port()}"})))
     with pytest.raises(GatewayError) as error:

@@ -81,9 +81,9 @@ def test_the_dispatcher_sends_the_token(platform, method):
         (config,) = gateway.function_configs()
         port = gateway.function_config("runtime-probe")["status"]["httpPort"]
         assert config["metadata"]["name"] == "runtime-probe"
-        assert gateway.invoke("runtime-probe", port, {"k": 3})["body"] == {"k": 3}
+        assert gateway.invoke("runtime-probe", port, "", {"k": 3})["body"] == {"k": 3}
         with pytest.raises(GatewayError) as refused:
-            without.invoke("runtime-probe", port, {"k": 3})
+            without.invoke("runtime-probe", port, "", {"k": 3})
         assert refused.value.status == 401 and "FUNCTION_TOKEN" in refused.value.message
     finally:
         gateway.close()

@@ -187,6 +187,9 @@ class CvatStore:
             raise NotFound(f"task {task_id} has no frame {frame}")
         return data
 
+    def frames_bytes(self, task_id: int, frames: list[int]) -> dict[int, bytes]:
+        return {frame: self.frame_bytes(task_id, frame) for frame in frames}
+
     def task_labels(self, task_id: int) -> tuple[TaskLabel, ...]:
         def task_label(label: dict) -> TaskLabel:
             return TaskLabel(label["id"], label["name"], label.get("type") or "any",

@@ -290,6 +290,14 @@ class Store:
             raise NotFound(f"task {task_id} has no frame {frame}")
         return files[0][2].read_bytes()
 
+    def frames_bytes(self, task_id: int, frames: list[int]) -> dict[int, bytes]:
+        """``frame_bytes`` of several frames, their paths read in one query (a batch's frames)."""
+        paths = {frame: path for frame, _, path in self.frame_files(task_id, min(frames), max(frames))}
+        missing = [frame for frame in frames if frame not in paths]
+        if missing:
+            raise NotFound(f"task {task_id} has no frame {missing[0]}")
+        return {frame: paths[frame].read_bytes() for frame in frames}
+
     def frame_files(self, task_id: int, first: int, last: int) -> list[tuple[int, str, Path]]:
         """``(frame, name, file)`` of the task's frames ``first..last`` that exist, in frame order:
         the upload as it was stored, or the server file where it is (its path checked again: the

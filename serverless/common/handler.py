@@ -15,6 +15,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from serverless.common import settings
@@ -124,16 +125,24 @@ def detector_handler(detect: Callable[[Any, Image.Image, float | None, dict], li
         images = body["images"]
         if not isinstance(images, list) or not images:
             raise BadRequest("'images' must be a non-empty list of base64 strings")
-        # Every header is read and the batch's size checked before any pixel is decoded; then one
-        # frame at a time is decoded and detected, so a worker holds one decoded frame, not all.
+        # Every header is read and the batch's size checked before any pixel is decoded; then the
+        # next frame is decoded while the model runs on this one (Pillow's decoder and the
+        # inference engines release the GIL), so a worker holds at most two decoded frames.
         headers = [open_frame(data, field=f"images[{index}]") for index, data in enumerate(images)]
         budget = settings.current().max_batch_pixels
         total = sum(header.width * header.height for header in headers)
         if total > budget:
             raise TooLarge(f"'images' hold {total} pixels in all, over MAX_BATCH_PIXELS ({budget}); "
                            "send fewer or smaller frames per request")
-        return [detect(context, finish_image(header, field=f"images[{index}]"), threshold, body)
-                for index, header in enumerate(headers)]
+        results = []
+        with ThreadPoolExecutor(1) as decoder:
+            upcoming = decoder.submit(finish_image, headers[0], field="images[0]")
+            for index in range(len(headers)):
+                frame = upcoming.result()
+                if index + 1 < len(headers):
+                    upcoming = decoder.submit(finish_image, headers[index + 1], field=f"images[{index + 1}]")
+                results.append(detect(context, frame, threshold, body))
+        return results
 
     process.detect = detect  # the model without the wire, for in-process callers (serverless.common.sdk)
     return process

@@ -60,6 +60,9 @@ class FunctionMeta:
     help_message: str = ""
     animated_gif: str = ""
     supported_shape_types: tuple[str, ...] = field(default=())
+    # Ours, which CVAT ignores: the most frames a detector takes in one call, {"images": [...]}
+    # (docs/wire-format.md §D29); 1 (the default) is CVAT's one image per call.
+    max_batch: int = 1
 
     @classmethod
     def from_nuclio(cls, config: dict) -> FunctionMeta:
@@ -96,6 +99,7 @@ class FunctionMeta:
             help_message=annotations.get("help_message", ""),
             animated_gif=annotations.get("animated_gif", ""),
             supported_shape_types=shape_types,
+            max_batch=_max_batch(annotations, kind),
         )
 
 
@@ -218,6 +222,15 @@ def _int_annotation(annotations: dict[str, str], name: str, default: int) -> int
         return int(raw)
     except ValueError:
         raise MetadataError(f"metadata.annotations.{name}: must be an integer, got {raw!r}") from None
+
+
+def _max_batch(annotations: dict[str, str], kind: str) -> int:
+    value = _int_annotation(annotations, "max_batch", 1)
+    if value < 1:
+        raise MetadataError(f"metadata.annotations.max_batch: must be 1 or more, got {value}")
+    if value > 1 and kind != "detector":
+        raise MetadataError(f"metadata.annotations.max_batch: only detectors take batches, not {kind}s")
+    return value
 
 
 def _mapping(value: Any, where: str) -> dict:

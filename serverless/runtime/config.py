@@ -58,14 +58,17 @@ class FunctionConfig:
         return self.path.parent
 
 
-def dashboard_entry(raw: dict, state: str, http_port: int, message: str = "") -> dict:
+def dashboard_entry(raw: dict, state: str, http_port: int, message: str = "", address: str = "") -> dict:
     """A function.yaml as the nuclio dashboard lists it (annotations as strings, project label,
-    status), valid or not: a dashboard shows what was deployed."""
+    status, with nuclio's internalInvocationUrls when ``address`` says where the function answers),
+    valid or not: a dashboard shows what was deployed."""
     entry = copy.deepcopy(raw)
     metadata = entry.setdefault("metadata", {})
     metadata["annotations"] = annotation_strings(metadata.get("annotations") or {})
     metadata.setdefault("labels", {})["nuclio.io/project-name"] = "cvat"
     entry["status"] = {"state": state, "httpPort": http_port, "message": message}
+    if address:
+        entry["status"]["internalInvocationUrls"] = [address]
     return entry
 
 

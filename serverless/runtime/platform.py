@@ -72,7 +72,11 @@ class ManagedFunction:
 
 
     def entry(self) -> dict:
-        return function_config.dashboard_entry(self.raw, self.state, self.port, self.message)
+        # Where callers reach the function itself (nuclio's internalInvocationUrls), unless it
+        # listens on every interface: then only NUCLIO_FUNCTION_HOST knows which name reaches it.
+        where = urlsplit(self.url)
+        address = where.netloc if where.hostname not in (None, "0.0.0.0", "::") else ""
+        return function_config.dashboard_entry(self.raw, self.state, self.port, self.message, address)
 
 
 def discover(tree: Path, gpu: bool = False) -> list[Path]:

@@ -25,6 +25,7 @@ import traceback
 import nuclio_sdk
 import nuclio_sdk.json_encoder
 import nuclio_sdk.logger
+import orjson
 
 from serverless.runtime.config import HANDLER
 from serverless.runtime.lifetime import die_with_parent
@@ -65,13 +66,24 @@ def _load_entrypoint(handler: str):
     return module, getattr(module, function_name)
 
 
+def _parsed(body: bytes):
+    """The JSON body parsed, or the bytes when it is not JSON. orjson first: a frame's base64 in a
+    body parses in a fraction of the stdlib's time; what it refuses and the stdlib reads (NaN,
+    Infinity, integers past 64 bits) is read as nuclio's Python wrapper reads it."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            return json.loads(body.decode("utf-8"))
+    return body
+
+
 def _event(message: dict, trigger: nuclio_sdk.TriggerInfo) -> nuclio_sdk.Event:
     body = message["body"]
     # nuclio parses the body only for exactly this content type, and keeps the bytes if it is not JSON
     # (nested too deeply to parse included).
     if message["content_type"] == "application/json":
-        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            body = json.loads(body.decode("utf-8"))
+        body = _parsed(body)
     return nuclio_sdk.Event(
         body=body, content_type=message["content_type"], trigger=trigger, fields=message["fields"],
         headers=message["headers"], _id=message["id"], method=message["method"], path=message["path"],

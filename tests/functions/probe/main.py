@@ -31,13 +31,17 @@ RETURN_FORMS = {
 
 def handler(context, event):
     body = event.body
-    if "PROBE_DETECT_SECONDS" in os.environ and isinstance(body, dict) and "image" in body:
-        # A detector as slow as asked: one "thing" per frame, so tests can count frames annotated.
-        time.sleep(float(os.environ["PROBE_DETECT_SECONDS"]))
+    if "PROBE_DETECT_SECONDS" in os.environ and isinstance(body, dict) and ("image" in body or "images" in body):
+        # A detector as slow as asked per frame: one "thing" per frame, so tests can count frames
+        # annotated; a batch ({"images": [...]}) gets one list per frame.
+        frames = len(body["images"]) if "images" in body else 1
+        time.sleep(float(os.environ["PROBE_DETECT_SECONDS"]) * frames)
         if os.environ.get("PROBE_DETECT_MASK"):  # a filled 20 x 10 mask at (5, 5), CVAT's function mask format
-            return [{"label": "thing", "type": "mask", "points": [], "confidence": "1.0",
-                     "mask": [255] * 200 + [5, 5, 24, 14]}]
-        return [{"label": "thing", "type": "rectangle", "points": [1, 2, 3, 4], "confidence": "1.0"}]
+            items = [{"label": "thing", "type": "mask", "points": [], "confidence": "1.0",
+                      "mask": [255] * 200 + [5, 5, 24, 14]}]
+        else:
+            items = [{"label": "thing", "type": "rectangle", "points": [1, 2, 3, 4], "confidence": "1.0"}]
+        return [items] * frames if "images" in body else items
     action = body.get("action") if isinstance(body, dict) else None
     if action == "sleep":
         time.sleep(body["seconds"])
