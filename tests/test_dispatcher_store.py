@@ -274,6 +274,19 @@ def test_server_files_are_read_in_place_and_confined_to_the_root(store, server_r
         assert str(error.value) == f"paths[1] ({path!r}): {message}"
     assert store.get_task(task["id"])["size"] == 3
 
+    # Read again at annotation time: a file swapped since for a link out of the root is refused,
+    # one for a link that stays inside is read.
+    (server_root / "b.png").rename(server_root / "b-moved.png")
+    (server_root / "b.png").symlink_to(outside)
+    with pytest.raises(NotFound, match=r"task \d+: frame 1: no such file under the server files root"):
+        store.frames_bytes(task["id"], [0, 1])
+    (server_root / "b.png").unlink()
+    (server_root / "b.png").symlink_to(server_root / "b-moved.png")
+    assert store.frames_bytes(task["id"], [1, 0]) == {1: ASTRONAUT.read_bytes(), 0: COCO_IMAGES[0].read_bytes()}
+    (server_root / "b.png").unlink()
+    with pytest.raises(NotFound, match=r"frame 1: cannot be read \(No such file or directory\)"):
+        store.frame_bytes(task["id"], 1)
+
     disabled = Store(None, tmp_path / "other", None, PIXELS)
     other = disabled.create_task("t", [{"name": "car"}])
     with pytest.raises(InvalidInput, match=r"paths\[0\] \('b.png'\): server files are disabled"):

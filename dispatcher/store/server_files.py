@@ -6,6 +6,8 @@ system's reason, and no message names anything outside the root, the root's own 
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path, PurePath
 
 from dispatcher.store.errors import InvalidInput, NotFound
@@ -40,6 +42,28 @@ class ServerFiles:
             return resolved.read_bytes()
         except OSError as error:
             raise InvalidInput(f"{where}: cannot be read ({_reason(error)})") from None
+
+    def read_under_root(self, relative: str, where: str) -> bytes:
+        """The content of the file ``relative`` names, checked after it is opened: the open file's
+        own path (Linux's ``/proc/self/fd``) must lie under the root, so no link changed in between
+        can lead outside it. Where ``/proc`` is missing, the path is resolved first instead."""
+        if self.root is None:
+            raise InvalidInput(f"{where}: server files are disabled (SERVER_FILES_ROOT is not set)")
+        try:
+            descriptor = os.open(self.root / relative, os.O_RDONLY)
+        except (OSError, ValueError) as error:
+            raise InvalidInput(f"{where}: cannot be read ({_reason(error)})") from None
+        with os.fdopen(descriptor, "rb") as stream:
+            try:
+                opened = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+            except OSError:
+                opened = self.resolve(relative, where)[0]
+            if not opened.is_relative_to(self.root) or not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise InvalidInput(f"{where}: no such file under the server files root")
+            try:
+                return stream.read()
+            except OSError as error:
+                raise InvalidInput(f"{where}: cannot be read ({_reason(error)})") from None
 
     def _resolved(self, relative: str, where: str) -> Path:
         try:

@@ -285,18 +285,31 @@ class Store:
 
     def frame_bytes(self, task_id: int, frame: int) -> bytes:
         """The frame's file as it was uploaded (or as it is on the server)."""
-        files = self.frame_files(task_id, frame, frame)
-        if not files:
-            raise NotFound(f"task {task_id} has no frame {frame}")
-        return files[0][2].read_bytes()
+        return self.frames_bytes(task_id, [frame])[frame]
 
-    def frames_bytes(self, task_id: int, frames: list[int]) -> dict[int, bytes]:
-        """``frame_bytes`` of several frames, their paths read in one query (a batch's frames)."""
-        paths = {frame: path for frame, _, path in self.frame_files(task_id, min(frames), max(frames))}
-        missing = [frame for frame in frames if frame not in paths]
+    def frames_bytes(self, task_id: int, wanted: list[int]) -> dict[int, bytes]:
+        """``frame_bytes`` of several frames (a batch's), their rows read in one query. A server
+        file is checked as it is opened (``ServerFiles.read_under_root``): a few system calls,
+        where resolving its path anew took a third of a millisecond per frame."""
+        with self._engine.begin() as connection:
+            task_row(connection, task_id)
+            rows = {row.frame: row for row in connection.execute(
+                select(frames.c.frame, frames.c.path, frames.c.server_file)
+                .where(frames.c.task_id == task_id, frames.c.frame.in_(wanted)))}
+        missing = [frame for frame in wanted if frame not in rows]
         if missing:
             raise NotFound(f"task {task_id} has no frame {missing[0]}")
-        return {frame: paths[frame].read_bytes() for frame in frames}
+        content = {}
+        for frame in wanted:
+            row = rows[frame]
+            if not row.server_file:
+                content[frame] = (self.data_dir / row.path).read_bytes()
+                continue
+            try:
+                content[frame] = self.server_files.read_under_root(row.path, f"frame {frame}")
+            except InvalidInput as error:
+                raise NotFound(f"task {task_id}: {error}") from None
+        return content
 
     def frame_files(self, task_id: int, first: int, last: int) -> list[tuple[int, str, Path]]:
         """``(frame, name, file)`` of the task's frames ``first..last`` that exist, in frame order:
