@@ -31,6 +31,7 @@ from serverless.runtime.config import HANDLER
 from serverless.runtime.lifetime import die_with_parent
 
 FRAME_HEADER = struct.Struct(">I")
+STDLIB_ONLY_BRACKETS = 512
 
 
 def send_frame(sock: socket.socket, message: dict) -> None:
@@ -70,11 +71,14 @@ def _parsed(body: bytes):
     """The JSON body parsed, or the bytes when it is not JSON. orjson first: a frame's base64 in a
     body parses in a fraction of the stdlib's time; what it refuses and the stdlib reads (NaN,
     Infinity, integers past 64 bits) is read as nuclio's Python wrapper reads it."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            return json.loads(body.decode("utf-8"))
+    # orjson parses up to 1024 levels of nesting, deeper than the stdlib does under Python's
+    # recursion limit, which the handlers' checks are written for: a body with STDLIB_ONLY_BRACKETS
+    # brackets or more (a frame's base64 has none) goes the stdlib's way.
+    if body.count(b"[") + body.count(b"{") < STDLIB_ONLY_BRACKETS:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(body)
+    with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return json.loads(body.decode("utf-8"))
     return body
 
 
