@@ -70,6 +70,7 @@ class WorkerServices:
 @dataclass(frozen=True)
 class UnitFailure:
     reason: str
+    status: int | None = None  # the function's (or nuclio's) HTTP status, when it answered one
 
 
 class Cancelled(Exception):
@@ -196,6 +197,16 @@ def _call_with_retries(services: WorkerServices, run: str, shared: SharedFunctio
         return reply
 
 
+def _called(services: WorkerServices, run: str, shared: SharedFunction, payload: dict):
+    """The function's reply, or a UnitFailure saying why there is none (Cancelled propagates)."""
+    try:
+        return _call_with_retries(services, run, shared, payload)
+    except GatewayError as error:
+        return UnitFailure(f"function {shared.current.id} answered {error.status}: {error.message}", error.status)
+    except CircuitOpen as error:
+        return UnitFailure(str(error))
+
+
 def _run_units(function, units: list[int], work) -> dict[int, object]:
     """``work(unit)`` for each unit, as many at once as the function has workers; a cancel stops
     the rest, and what finished is returned."""
@@ -291,15 +302,6 @@ def _annotate_with(request: dict, frames: list[int], services: WorkerServices, s
             shapes = [regions.shift_shape(shape, region[0], region[1]) for shape in shapes]
         return tags, shapes
 
-    def called(payload: dict):
-        """The function's reply, or a UnitFailure saying why there is none (Cancelled propagates)."""
-        try:
-            return _call_with_retries(services, run, shared, payload)
-        except GatewayError as error:
-            return UnitFailure(f"function {function.id} answered {error.status}: {error.message}")
-        except CircuitOpen as error:
-            return UnitFailure(str(error))
-
     def annotate(batch: list[int]) -> dict[int, object]:
         outcomes, images = {}, {}
         for frame, data in services.store.frames_bytes(task, batch).items():
@@ -308,31 +310,29 @@ def _annotate_with(request: dict, frames: list[int], services: WorkerServices, s
         started = time.monotonic()
         replies = None
         if len(images) > 1:
-            replies = called({"images": list(images.values()), **extra})
-            if isinstance(replies, UnitFailure) and " answered 413: " in replies.reason:
+            replies = _called(services, run, shared, {"images": list(images.values()), **extra})
+            if isinstance(replies, UnitFailure) and replies.status == 413:
                 replies = None  # over the function's MAX_BATCH_PIXELS: one frame per call instead
             elif not isinstance(replies, UnitFailure) and not (isinstance(replies, list)
                                                                and len(replies) == len(images)):
                 replies = UnitFailure(f"function {function.id} returned unusable results: not one list per "
                                       f"image of the {len(images)} in the batch")
         if replies is None:
-            replies = [called({"image": data, **extra}) for data in images.values()]
+            replies = [_called(services, run, shared, {"image": data, **extra}) for data in images.values()]
         for index, frame in enumerate(images):
             reply = replies if isinstance(replies, UnitFailure) else replies[index]
             outcomes[frame] = reply if isinstance(reply, UnitFailure) else converted(frame, reply)
         batches.timed(len(images), time.monotonic() - started)
         return outcomes
 
-    target = {}  # with cleanup: the request's target frames, read at the first write
+    cleanup_frames = services.store.target_frames(task, request["job"]) if parameters.get("cleanup") else None
     written, failed = 0, 0
 
     def store(outcomes: dict[int, object]) -> None:
         """Write the finished frames' results in one transaction, then report them."""
         nonlocal written, failed
-        if parameters.get("cleanup") and "frames" not in target:
-            target["frames"] = services.store.target_frames(task, request["job"])
         results = {frame: outcome for frame, outcome in outcomes.items() if isinstance(outcome, tuple)}
-        services.store.write_results(request["id"], run, task, results, target.get("frames"))
+        services.store.write_results(request["id"], run, task, results, cleanup_frames)
         for frame, outcome in outcomes.items():
             if isinstance(outcome, UnitFailure):
                 services.book.frame_failed(run, frame, outcome.reason)
@@ -400,15 +400,12 @@ def _match_pairs(request: dict, frames: list[int], services: WorkerServices) -> 
     def match(frame: int):
         boxes = services.store.rectangles(task, [frame, frame + 1])
         boxes0, boxes1 = boxes.get(frame, []), boxes.get(frame + 1, [])
-        payload = {"image0": base64.b64encode(services.store.frame_bytes(task, frame)).decode(),
-                   "image1": base64.b64encode(services.store.frame_bytes(task, frame + 1)).decode(),
-                   "boxes0": boxes0, "boxes1": boxes1, **extra}
-        try:
-            reply = _call_with_retries(services, run, shared, payload)
-        except GatewayError as error:
-            return UnitFailure(f"function {function.id} answered {error.status}: {error.message}")
-        except CircuitOpen as error:
-            return UnitFailure(str(error))
+        pair = services.store.frames_bytes(task, [frame, frame + 1])
+        payload = {"image0": base64.b64encode(pair[frame]).decode(),
+                   "image1": base64.b64encode(pair[frame + 1]).decode(), "boxes0": boxes0, "boxes1": boxes1, **extra}
+        reply = _called(services, run, shared, payload)
+        if isinstance(reply, UnitFailure):
+            return reply
         try:
             return reid.checked_matching(reply, boxes0, boxes1)
         except reid.BadMatching as error:

@@ -68,9 +68,9 @@ class LambdaFunction:
         spec = config.get("spec") or {}
         replicas = max(int(spec.get("replicas") or 0), int(spec.get("minReplicas") or 0), 1)
         workers = int(per_replica) * replicas
-        # A dashboard that reports no state is taken at its word that the function exists and runs.
         addresses = status.get("internalInvocationUrls") or []
         address = addresses[0] if isinstance(addresses, list) and addresses and isinstance(addresses[0], str) else ""
+        # A dashboard that reports no state is taken at its word that the function exists and runs.
         return cls(FunctionMeta.from_nuclio(config), status.get("state") or "ready",
                    status.get("message") or "", int(status.get("httpPort") or 0), int(workers), address)
 
