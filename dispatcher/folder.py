@@ -75,8 +75,8 @@ class LocalProcesses(contextlib.ExitStack):
 
 def stop_process(process: subprocess.Popen, grace: float = 15) -> None:
     """SIGTERM to the process group of a process started with ``start_new_session``; after
-    ``grace`` seconds SIGKILL to the group and to the process's children, which an RQ worker forks
-    into process groups of their own (an orphaned chunk would go on calling its function)."""
+    ``grace`` seconds SIGKILL to the group and to the process's children, which may have process
+    groups of their own (an orphan would go on working)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:

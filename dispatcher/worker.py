@@ -7,6 +7,12 @@ retries) the next time any worker cleans the registries (by default every 10 min
 between jobs or dequeue waits of ~7 minutes). Here heartbeats lapse after HEARTBEAT_GRACE seconds
 and every worker wakes and cleans every MAINTENANCE_INTERVAL seconds.
 
+Chunks run in the worker's own process, not in a child forked per chunk as RQ's default worker
+does: a fork costs ~100 ms of a chunk on a 2-core machine (the copied pages of a large Python
+process), and the services a chunk needs (clients, the function registry) are built once. A thread
+keeps the heartbeats while a chunk runs, which RQ's forking worker does from its parent process;
+SIGKILL takes the chunk down with its worker, and the heartbeat lapses as for a lost host.
+
 Redis outages: RQ's worker retries a lost connection only while it waits for a chunk, and quits on
 a Redis error anywhere else (at start, between chunks, around a running chunk). ``run`` then waits
 for Redis with backoff and starts a new RQ worker, so the process never exits on its own; SIGTERM
@@ -17,7 +23,6 @@ warm shutdown; a second signal kills it).
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import signal
 import threading
@@ -25,8 +30,9 @@ import threading
 import httpcore  # noqa: F401  httpx imports it with its first client: here, not in every chunk
 import redis
 import rq
+from rq.worker import WorkerStatus
 
-import dispatcher.chunks  # noqa: F401  imported before RQ forks a child per chunk, so no chunk pays for it
+import dispatcher.chunks  # noqa: F401  imported at start, so that the first chunk does not pay for it
 from dispatcher.settings import Settings
 from dispatcher.submission import queue_name
 
@@ -41,7 +47,7 @@ SOCKET_TIMEOUT = WORKER_TTL + 5
 CONNECT_TIMEOUT = 5
 
 
-class ChunkWorker(rq.Worker):
+class ChunkWorker(rq.SimpleWorker):
     max_connection_wait_time = RECONNECT_SECONDS[1]  # RQ's own retries while waiting for a chunk: 60 s
 
     def __init__(self, *args, stop: threading.Event, **kwargs):
@@ -50,6 +56,26 @@ class ChunkWorker(rq.Worker):
 
     def get_heartbeat_ttl(self, job: rq.job.Job, working_time: float = 0.0) -> int:
         return self.job_monitoring_interval + HEARTBEAT_GRACE
+
+    def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> None:
+        execution = self.prepare_execution(job)
+        ended = threading.Event()
+        beats = threading.Thread(target=self._keep_heartbeats, args=(job, execution, ended), name="heartbeats",
+                                 daemon=True)
+        beats.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            ended.set()
+            beats.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _keep_heartbeats(self, job: rq.job.Job, execution, ended: threading.Event) -> None:
+        while not ended.wait(self.job_monitoring_interval):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as error:  # the chunk rides out the outage; so do its heartbeats
+                log.warning("heartbeat of chunk %s not sent: %s", job.id, error)
 
     def request_stop(self, signum, frame):
         self.stop.set()
@@ -72,10 +98,6 @@ def run(settings: Settings, burst: bool = False, name: str | None = None) -> boo
     """Work on the deployment's queue until SIGTERM or SIGINT (or, with ``burst``, an empty queue);
     returns whether any chunk ran."""
     stop, worked, worker = threading.Event(), False, None
-    # RQ forks a child per chunk. Without this, the child's first garbage collection writes to
-    # every object header it inherited, and the kernel copies each page it touches: over 100 ms of
-    # a chunk on a 2-core machine. Frozen objects are left out of collections.
-    gc.freeze()
     while True:
         _on_stop_signals(stop)
         connection = redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT,
@@ -116,3 +138,10 @@ def _wait_for_redis(connection: redis.Redis, stop: threading.Event) -> bool:
         stop.wait(delay)
         delay = min(2 * delay, RECONNECT_SECONDS[1])
     return False
+
+
+def busy_worker_pids(settings: Settings) -> list[int]:
+    """The process ids of the deployment's workers that are running a chunk, as RQ records them."""
+    with redis.Redis.from_url(settings.redis_url) as connection:
+        queue = rq.Queue(queue_name(settings.deployment_namespace), connection=connection)
+        return [worker.pid for worker in rq.Worker.all(queue=queue) if worker.get_state() == WorkerStatus.BUSY]

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,9 @@ from pathlib import Path
 import httpx
 import redis
 
-from dispatcher.folder import child_pids, free_port, stop_process
+from dispatcher.folder import free_port, stop_process
+from dispatcher.settings import load as load_settings
+from dispatcher.worker import busy_worker_pids
 
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO.parent / "shared/testdata"
@@ -264,10 +265,9 @@ def kill_a_worker(dispatcher: Dispatcher, api: httpx.Client, cvat: httpx.Client,
         "function": YOLO, "task": task["id"], "cleanup": True, "threshold": threshold}))
     victim = dispatcher.processes["worker-0"]
     deadline = time.monotonic() + 60
-    while not child_pids(victim.pid) and time.monotonic() < deadline:  # RQ's child running a chunk
+    while victim.pid not in busy_worker_pids(load_settings(dispatcher.env)) and time.monotonic() < deadline:
         time.sleep(0.005)
-    for pid in [victim.pid, *child_pids(victim.pid)]:
-        os.kill(pid, signal.SIGKILL)
+    victim.kill()
     victim.wait()
     dispatcher.start("worker-0", "worker")
     status = wait(api, request["id"])

@@ -44,6 +44,8 @@ import yaml
 from PIL import Image
 
 from dispatcher.folder import child_pids, free_port, stop_process
+from dispatcher.settings import load as load_settings
+from dispatcher.worker import busy_worker_pids
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = REPO / "tests/functions/probe"
@@ -177,13 +179,12 @@ class Deployment:
     def start_worker(self) -> None:
         self.workers.append(self._spawn(f"worker-{len(self.workers)}", [sys.executable, "-m", "dispatcher", "worker"]))
 
-    def kill_worker(self, index: int, horse: bool) -> None:
-        """SIGKILL to a worker busy with a chunk; ``horse``: and to the child it forked for it."""
+    def kill_worker(self, index: int) -> None:
+        """SIGKILL to a worker once it is running a chunk (which runs in its process)."""
         worker = self.workers[index]
-        horses = wait_until(lambda: child_pids(worker.pid), 30, "the worker to be running a chunk", 0.01)
-        for pid in [worker.pid, *(horses if horse else [])]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: worker.pid in busy_worker_pids(load_settings(self.env)), 30,
+                   "the worker to be running a chunk", 0.01)
+        worker.kill()
         worker.wait()
 
     def close(self) -> None:
@@ -191,9 +192,6 @@ class Deployment:
         for process in [self.api, *self.workers, self.platform, self.redis]:
             if process is not None:
                 stop_process(process, grace=15)
-        for pid in _orphaned_horses(self.root):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         for log in self._logs:
             log.close()
 
@@ -229,19 +227,9 @@ def _answers(url: str) -> bool:
     return False
 
 
-def _orphaned_horses(root: Path) -> list[int]:
-    """Work horses of SIGKILLed workers (their parents are gone, so stop_process cannot find them)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if proc.name.isdigit() and f"DATA_DIR={root / 'data'}".encode() in (proc / "environ").read_bytes():
-                pids.append(int(proc.name))
-    return pids
-
-
 def kill_both_workers(deployment: Deployment) -> None:
     for index in range(len(deployment.workers)):
-        deployment.kill_worker(index, horse=True)
+        deployment.kill_worker(index)
     deployment.start_worker()
     deployment.start_worker()
 
@@ -264,9 +252,8 @@ def restart_redis(deployment: Deployment) -> None:
 # name -> (what happens, the fault, Redis persistence)
 CASES = {
     "none": ("no fault (the clean run)", lambda d: None, False),
-    "worker": ("SIGKILL a worker (its chunk's child goes on)", lambda d: d.kill_worker(0, horse=False), False),
-    "worker+horse": ("SIGKILL a worker and its chunk's child", lambda d: d.kill_worker(0, horse=True), False),
-    "both-workers": ("SIGKILL both workers and their children, start two new ones", kill_both_workers, False),
+    "worker": ("SIGKILL a worker mid-chunk", lambda d: d.kill_worker(0), False),
+    "both-workers": ("SIGKILL both workers mid-chunk, start two new ones", kill_both_workers, False),
     "function-worker": ("SIGKILL a function worker process", lambda d: os.kill(d.function_worker_pid(),
                                                                                 signal.SIGKILL), False),
     "processor": ("SIGKILL the function's processor (the platform restarts it)",

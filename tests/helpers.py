@@ -22,6 +22,8 @@ import yaml
 from cvat_sdk.masks import decode_mask
 
 from dispatcher.folder import free_port, stop_process
+from dispatcher.settings import load as load_settings
+from dispatcher.worker import busy_worker_pids
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -254,6 +256,11 @@ class Stack:
         with contextlib.suppress(httpx.TransportError):
             return httpx.get(f"{self.url}/health").status_code == 200
         return False
+
+    def busy_workers(self) -> list[int]:
+        """The indexes of the workers that are running a chunk."""
+        busy = busy_worker_pids(load_settings(self.env))
+        return [index for index, worker in enumerate(self.workers) if worker.pid in busy]
 
     def replace_worker(self, index: int) -> None:
         self.workers[index] = self._start("worker")

@@ -28,7 +28,6 @@ import pytest
 from dispatcher.authentication import django_csrf_secret
 from dispatcher.cvat.client import CvatClient
 from dispatcher.cvat.store import CvatStore
-from dispatcher.folder import child_pids
 from dispatcher.store import NotFound
 
 from helpers import PROBE, REPO, TESTDATA, TOKEN, Stack, copy_function, free_port, serve_platform, wait_until
@@ -339,12 +338,9 @@ def test_a_worker_killed_mid_run_writes_every_frame_once(stack, cvat):
     rid = run_probe(stack, task["id"])
     wait_until(lambda: stack.ok("GET", f"/api/lambda/requests/{rid}")["frames"]["done"] >= 16, 60, "frames to be done")
     # Whichever worker runs a chunk now (the other may be between chunks, or done with its own).
-    index, horses = wait_until(lambda: next(((i, pids) for i, worker in enumerate(stack.workers)
-                                             if (pids := child_pids(worker.pid))), None),
-                               30, "a worker to be running a chunk", 0.01)
+    index = wait_until(stack.busy_workers, 30, "a worker to be running a chunk", 0.01)[0]
     victim = stack.workers[index]
-    for pid in [victim.pid, *horses]:
-        os.kill(pid, signal.SIGKILL)
+    victim.kill()
     victim.wait()
     request = stack.wait(rid, 180)
     stack.replace_worker(index)

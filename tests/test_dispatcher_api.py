@@ -20,8 +20,6 @@ import redis
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from dispatcher.folder import child_pids
-
 from helpers import (
     FACE_FUNCTION,
     PROBE,
@@ -359,15 +357,12 @@ def test_a_worker_killed_mid_chunk_costs_nothing(stack):
     task = stack.task(THING, COCO_IMAGES[:64])
     rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
     wait_until(lambda: stack.ok("GET", f"/api/lambda/requests/{rid}")["frames"]["done"] >= 16, 60, "a chunk to finish")
-    victim = stack.workers[0]
-    # RQ runs each chunk in a forked child (its "horse", in a process group of its own): the host
-    # going down takes both, mid-chunk.
-    horses = wait_until(lambda: child_pids(victim.pid), 30, "the worker to be running a chunk", 0.01)
-    for pid in [victim.pid, *horses]:
-        os.kill(pid, signal.SIGKILL)
+    index = wait_until(stack.busy_workers, 30, "a worker to be running a chunk", 0.01)[0]
+    victim = stack.workers[index]
+    victim.kill()  # the host going down, mid-chunk
     victim.wait()
     request = stack.wait(rid, 120)  # the other worker finds the abandoned chunk and runs it again
-    stack.replace_worker(0)
+    stack.replace_worker(index)
     assert (request["status"], request["frames"]) == ("finished", {"total": 64, "done": 64, "failed": 0})
     frames = Counter(shape["frame"] for shape in stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"])
     assert frames == dict.fromkeys(range(64), 1)  # every frame once: no duplicates, none missing

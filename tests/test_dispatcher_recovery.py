@@ -252,7 +252,7 @@ def test_a_lost_request_is_listed_over_http_holds_its_task_and_an_api_start_resu
         deployment.close()
 
 
-@pytest.mark.parametrize("case", ["api", "worker+horse", "function-worker"])
+@pytest.mark.parametrize("case", ["api", "worker", "function-worker"])
 def test_fault_matrix_cases_end_with_every_frame_once(case, tmp_path):
     outcome = matrix["run_case"](case, tmp_path, frames=200, sleep=0.01, RECOVERY_INTERVAL="1")
     assert outcome.problems == [] and outcome.status == "finished"
