@@ -129,17 +129,18 @@ def run_chunk(run: str, units: list[int], services: WorkerServices, chunk_id: st
                     "(is DEPLOYMENT_NAMESPACE shared by deployments with different stores?)",
                     chunk_id, request["id"], request["task"])
         return {"skipped": True, "foreign": True}
-    services.book.chunk_started(run, chunk_id)
+    attempt = services.book.chunk_started(run, chunk_id)
     try:
         if services.book.cancel_requested(run):
             return {"skipped": True}
         services.book.mark_started(run)
         reading = sorted({*units, *(unit + 1 for unit in units)}) if request["kind"] == "reid" else units
         services.store.prepare(request["task"], reading)  # CVAT: its chunks start arriving now
-        work = _match_pairs if request["kind"] == "reid" else _annotate_frames
-        return work(request, units, services)
+        if request["kind"] == "reid":
+            return _match_pairs(request, units, services)
+        return _annotate_frames(request, units, services, (chunk_id, attempt))
     finally:
-        _chunk_stopped(services, run, chunk_id)
+        _chunk_stopped(services, run, chunk_id, attempt)
 
 
 def _has_task(store: Store, task: int) -> bool:
@@ -150,8 +151,8 @@ def _has_task(store: Store, task: int) -> bool:
     return True
 
 
-def _chunk_stopped(services: WorkerServices, run: str, chunk_id: str) -> None:
-    running = services.book.chunk_ended(run, chunk_id)
+def _chunk_stopped(services: WorkerServices, run: str, chunk_id: str, attempt: int = 0) -> None:
+    running = services.book.chunk_ended(run, chunk_id, attempt)
     if not services.book.cancel_requested(run):
         finish_if_complete(services, run)
     elif running == 0:  # the last chunk of a canceled run: what it stored is counted now
@@ -178,15 +179,24 @@ def _call_with_retries(services: WorkerServices, run: str, shared: SharedFunctio
     while True:
         stop_if_canceled()
         report = services.breaker.wait_until_closed(function_id, stop_if_canceled)
-        function = shared.current
+        function, replica = shared.current, None
         try:
             if function.state != "ready":  # as it was when looked up: it may have recovered since
                 function = shared.current = services.registry.function(function_id)
-            with services.slots.hold(function_id, max(1, function.workers), stop_if_canceled):
-                reply = services.registry.call(function, payload)
+            replicas = {replica.name: replica for replica in function.ready_replicas or function.replicas}
+            limits = {name: max(1, replica.workers) for name, replica in replicas.items()}
+            with services.slots.hold(function_id, limits, stop_if_canceled) as name:
+                replica = replicas[name]
+                reply = services.registry.call(function, payload, replica)
         except GatewayError as error:
             if error.status in UNREACHABLE_STATUSES:
-                services.breaker.failed(function_id, f"{error.status}: {error.message}", function.state == "error")
+                # A replica that cannot be reached gets no calls for a while; the function's circuit
+                # counts only when no replica is left to try.
+                if replica is not None:
+                    services.slots.mark_down(function_id, replica.name)
+                if replica is None or services.slots.all_down(function_id, list(replicas)):
+                    services.breaker.failed(function_id, f"{error.status}: {error.message}",
+                                            function.state == "error")
             if error.status not in RETRYABLE_STATUSES or attempt == services.retries:
                 raise
             time.sleep(services.backoff * 2 ** attempt)
@@ -256,8 +266,13 @@ def _function_or_fail(request: dict, units: list[int], services: WorkerServices)
         return None
 
 
-def _annotate_frames(request: dict, frames: list[int], services: WorkerServices) -> dict:
+def _annotate_frames(request: dict, frames: list[int], services: WorkerServices, attempt: tuple[str, int]) -> dict:
     parameters, task = request["parameters"], request["task"]
+    try:  # this attempt's claim on the chunk: from now on an older attempt's writes are refused
+        services.store.write_results(request["id"], request["run"], task, {}, None, attempt)
+    except StaleRun as error:
+        log.warning("%s", error)
+        return {"frames": len(frames), "written": 0, "failed": 0, "canceled": len(frames), "stale": True}
     shared = _function_or_fail(request, frames, services)
     if shared is None:
         return {"frames": len(frames), "written": 0, "failed": len(frames), "canceled": 0}
@@ -267,11 +282,11 @@ def _annotate_frames(request: dict, frames: list[int], services: WorkerServices)
     with ThreadPoolExecutor(1) as background:
         mapping = background.submit(lambda: build_mapping(function.meta.labels, services.store.task_labels(task),
                                                           parameters.get("mapping")))
-        return _annotate_with(request, frames, services, shared, mapping)
+        return _annotate_with(request, frames, services, shared, mapping, attempt)
 
 
 def _annotate_with(request: dict, frames: list[int], services: WorkerServices, shared: SharedFunction,
-                   mapping: Future) -> dict:
+                   mapping: Future, attempt: tuple[str, int]) -> dict:
     function = shared.current
     run, parameters, task = request["run"], request["parameters"], request["task"]
     extra = {"threshold": parameters["threshold"]} if parameters.get("threshold") is not None else {}
@@ -332,7 +347,7 @@ def _annotate_with(request: dict, frames: list[int], services: WorkerServices, s
         """Write the finished frames' results in one transaction, then report them."""
         nonlocal written, failed
         results = {frame: outcome for frame, outcome in outcomes.items() if isinstance(outcome, tuple)}
-        services.store.write_results(request["id"], run, task, results, cleanup_frames)
+        services.store.write_results(request["id"], run, task, results, cleanup_frames, attempt)
         for frame, outcome in outcomes.items():
             if isinstance(outcome, UnitFailure):
                 services.book.frame_failed(run, frame, outcome.reason)

@@ -8,13 +8,15 @@ and calling it answers 503 with the reason instead of CVAT's 500 (its defect, §
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.errors import BadRequest
-from dispatcher.gateway import Gateway, GatewayError
+from dispatcher.gateway import Gateway, GatewayError, Unreachable
 from serverless.common.metadata import FunctionMeta, LabelSpec, MetadataError
 
 log = logging.getLogger("dispatcher")
@@ -41,23 +43,25 @@ class InvalidFunction(GatewayError):
 
 
 @dataclass(frozen=True)
-class LambdaFunction:
-    meta: FunctionMeta
+class Replica:
+    """One place a function runs: a dashboard that reports it, and where it answers there."""
+
+    dashboard: str  # the dashboard's URL, one of NUCLIO_URL's
     state: str  # nuclio's: ready, building, error, ...
     message: str
     http_port: int
-    workers: int  # how many calls it serves at once: its HTTP trigger's workers times its replicas
+    workers: int  # how many calls it serves at once: its HTTP trigger's workers times nuclio's replicas
     # "host:port" where the function itself answers, as nuclio's status.internalInvocationUrls
     # says (our platform reports it too); "" when the dashboard does not say
     address: str = ""
 
-
     @property
-    def id(self) -> str:
-        return self.meta.id
+    def name(self) -> str:
+        """Stable across lookups: it names the replica's call slots."""
+        return self.address or f"{self.dashboard}#{self.http_port}"
 
     @classmethod
-    def from_config(cls, config: dict) -> LambdaFunction:
+    def from_config(cls, dashboard: str, config: dict) -> Replica:
         status = config.get("status") or {}
         triggers = ((config.get("spec") or {}).get("triggers") or {}).values()
         http = next((t for t in triggers if isinstance(t, dict) and t.get("kind") == "http"), {})
@@ -67,12 +71,54 @@ class LambdaFunction:
         per_replica = http.get("numWorkers") or http.get("maxWorkers") or 1
         spec = config.get("spec") or {}
         replicas = max(int(spec.get("replicas") or 0), int(spec.get("minReplicas") or 0), 1)
-        workers = int(per_replica) * replicas
         addresses = status.get("internalInvocationUrls") or []
         address = addresses[0] if isinstance(addresses, list) and addresses and isinstance(addresses[0], str) else ""
         # A dashboard that reports no state is taken at its word that the function exists and runs.
-        return cls(FunctionMeta.from_nuclio(config), status.get("state") or "ready",
-                   status.get("message") or "", int(status.get("httpPort") or 0), int(workers), address)
+        return cls(dashboard, status.get("state") or "ready", status.get("message") or "",
+                   int(status.get("httpPort") or 0), int(per_replica) * replicas, address)
+
+
+@dataclass(frozen=True)
+class LambdaFunction:
+    """A function as every dashboard that reports it sees it: one replica per dashboard. Its
+    metadata is the first dashboard's (NUCLIO_URL's order)."""
+
+    meta: FunctionMeta
+    replicas: tuple[Replica, ...]
+
+    @property
+    def id(self) -> str:
+        return self.meta.id
+
+    @property
+    def ready_replicas(self) -> tuple[Replica, ...]:
+        return tuple(replica for replica in self.replicas if replica.state == "ready")
+
+    @property
+    def state(self) -> str:
+        """Ready when any replica is; else the first replica's state."""
+        return "ready" if self.ready_replicas else self.replicas[0].state
+
+    @property
+    def message(self) -> str:
+        if self.ready_replicas:
+            return ""
+        return "; ".join(dict.fromkeys(replica.message for replica in self.replicas if replica.message))
+
+    @property
+    def workers(self) -> int:
+        """Calls it serves at once, over its ready replicas."""
+        return sum(replica.workers for replica in self.ready_replicas)
+
+    @classmethod
+    def from_configs(cls, configs: list[tuple[str, dict]]) -> LambdaFunction:
+        """From the (dashboard, config) pairs of one function id."""
+        return cls(FunctionMeta.from_nuclio(configs[0][1]),
+                   tuple(Replica.from_config(dashboard, config) for dashboard, config in configs))
+
+    @classmethod
+    def from_config(cls, config: dict, dashboard: str = "") -> LambdaFunction:
+        return cls.from_configs([(dashboard, config)])
 
     def to_api(self) -> dict:
         """CVAT's function object (docs/wire-format.md §3.3), plus ``state`` and ``message``."""
@@ -101,20 +147,25 @@ def _label_v2(label: LabelSpec) -> dict:
 class Registry:
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
+        self._turns = itertools.count()  # spreads online calls over a function's replicas
 
     def functions(self) -> list[LambdaFunction]:
+        by_id: dict[str, list[tuple[str, dict]]] = {}
+        for dashboard, config in self.gateway.function_configs():
+            by_id.setdefault((config.get("metadata") or {}).get("name"), []).append((dashboard, config))
         functions = []
-        for config in self.gateway.function_configs():
+        for name, configs in by_id.items():
             try:
-                functions.append(LambdaFunction.from_config(config))
+                functions.append(LambdaFunction.from_configs(configs))
             except MetadataError as error:
-                log.warning("leaving out function %s: %s", (config.get("metadata") or {}).get("name"), error)
+                log.warning("leaving out function %s: %s", name, error)
         return sorted(functions, key=lambda function: function.id)
 
     def function(self, function_id: str, where: str = "function") -> LambdaFunction:
-        config = self.gateway.function_config(checked_function_id(function_id, where))  # an unknown id is nuclio's 404
+        # An unknown id is nuclio's 404.
+        configs = self.gateway.function_config(checked_function_id(function_id, where))
         try:
-            return LambdaFunction.from_config(config)
+            return LambdaFunction.from_configs(configs)
         except MetadataError as error:
             raise InvalidFunction(function_id, error) from None
 
@@ -125,6 +176,16 @@ class Registry:
             reason = f": {function.message}" if function.message else ""
             raise GatewayError(503, f"function {function.id} is not ready (state {function.state}){reason}")
 
-    def call(self, function: LambdaFunction, payload: dict) -> Any:
+    def call(self, function: LambdaFunction, payload: dict, replica: Replica | None = None) -> Any:
+        """The function's reply, from ``replica`` or else from its ready replicas in turn: a replica
+        that cannot be reached (the call never arrived) passes the call to the next."""
         self.check_ready(function)
-        return self.gateway.invoke(function.id, function.http_port, function.address, payload)
+        if replica is not None:
+            return self.gateway.invoke(function.id, replica, payload)
+        ready = function.ready_replicas
+        start = next(self._turns)
+        turns = [ready[(start + turn) % len(ready)] for turn in range(len(ready))]
+        for other in turns[:-1]:
+            with contextlib.suppress(Unreachable):
+                return self.gateway.invoke(function.id, other, payload)
+        return self.gateway.invoke(function.id, turns[-1], payload)

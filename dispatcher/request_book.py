@@ -15,6 +15,9 @@ is the default key prefix; a deployment's is ``dispatcher:<namespace>``, ``key_p
   counters: a chunk retried after its worker died must not count its units twice;
 - ``dispatcher:run:<run>:links``: ReID's matches per frame pair, linked into tracks at the end;
 - ``dispatcher:run:<run>:chunks`` / ``:active``: the RQ job ids of its chunks, and those running now;
+- ``dispatcher:run:<run>:attempts``: chunk id -> how often it has started: a chunk run again after
+  its worker was lost is a newer attempt, and the older one, should its worker come back, is
+  fenced off (its writes by the task store, its end here);
 - ``dispatcher:running:task:<task>`` / ``dispatcher:running:job:<job>``: the run holding a target;
 - ``dispatcher:requests``: every request id, for listing.
 
@@ -48,7 +51,15 @@ def key_prefix(namespace: str) -> str:
     """The prefix of a deployment's Redis keys: deployments sharing a Redis keep apart."""
     return f"{PREFIX}:{namespace}"
 
-RUN_SUFFIXES = ("", ":done", ":failures", ":links", ":chunks", ":active")
+RUN_SUFFIXES = ("", ":done", ":failures", ":links", ":chunks", ":active", ":attempts")
+# A chunk's end, unless a newer attempt of it has started. KEYS: the run's :active, :attempts.
+# ARGV: chunk id, attempt (0: whichever). Returns how many of the run's chunks are still running.
+_CHUNK_ENDED = """
+if ARGV[2] == '0' or redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('SREM', KEYS[1], ARGV[1])
+end
+return redis.call('SCARD', KEYS[1])
+"""
 FINAL_STATES = ("finished", "failed", "canceled")
 KINDS = ("detector", "reid")  # what a run does: annotate frames, or link rectangles into tracks
 # Take a target only if no live run holds an overlapping one: a task run conflicts with any run
@@ -145,6 +156,7 @@ class RequestBook:
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._start = client.register_script(_START)
+        self._chunk_ended = client.register_script(_CHUNK_ENDED)
 
     def _key(self, run: str, suffix: str = "") -> str:
         return f"{self.prefix}:run:{run}{suffix}"
@@ -323,16 +335,20 @@ class RequestBook:
     def cancel_requested(self, run: str) -> bool:
         return self.redis.hget(self._key(run), "cancel") == b"1"
 
-    def chunk_started(self, run: str, chunk_id: str) -> None:
-        self.redis.sadd(self._key(run, ":active"), chunk_id)
-
-    def chunk_ended(self, run: str, chunk_id: str) -> int:
-        """Returns how many of the run's chunks are still running. A chunk run again after its
-        worker died re-adds its own id, so a dead worker's entry does not stay behind."""
-        with self.redis.pipeline() as pipe:  # MULTI: exactly one ender sees the set empty
-            pipe.srem(self._key(run, ":active"), chunk_id)
-            pipe.scard(self._key(run, ":active"))
+    def chunk_started(self, run: str, chunk_id: str) -> int:
+        """Returns this attempt's number: 1 the first time the chunk starts, then one more each time."""
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(self._key(run, ":active"), chunk_id)
+            pipe.hincrby(self._key(run, ":attempts"), chunk_id, 1)
             return pipe.execute()[1]
+
+    def chunk_ended(self, run: str, chunk_id: str, attempt: int = 0) -> int:
+        """Returns how many of the run's chunks are still running. A chunk run again after its
+        worker died re-adds its own id, so a dead worker's entry does not stay behind; an older
+        ``attempt`` ending (its worker came back) leaves the newer one's entry alone. Atomic:
+        exactly one ender sees no chunk left."""
+        return self._chunk_ended(keys=[self._key(run, ":active"), self._key(run, ":attempts")],
+                                 args=[chunk_id, attempt])
 
     def running_chunks(self, run: str) -> int:
         return self.redis.scard(self._key(run, ":active"))

@@ -23,10 +23,12 @@ NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # it ends up in Redis keys and 
 
 @dataclass(frozen=True)
 class Settings:
-    nuclio_url: str  # the nuclio dashboard API: real nuclio, or our local platform
+    # The nuclio dashboard APIs, real nuclio or our local platform: one per host whose functions we
+    # call. A function that several report is one function with replicas (docs/architecture.md §13).
+    nuclio_urls: tuple[str, ...]
     nuclio_configured: bool  # NUCLIO_URL was set; if not, annotate-folder starts the local platform itself
     nuclio_invoke_method: str  # "dashboard": through /api/function_invocations; "direct": the function's port
-    nuclio_function_host: str  # where "direct" finds the functions' ports
+    nuclio_function_host: str | None  # where "direct" finds the functions' ports; None: their dashboard's host
     nuclio_timeout: float  # seconds, per call (CVAT's default: 120)
     function_token: str | None  # sent to nuclio and the functions as "Authorization: Bearer <token>"
     database_url: str | None  # the task store's SQLAlchemy URL; None: SQLite at <data_dir>/dispatcher.sqlite3
@@ -59,7 +61,13 @@ class Settings:
 
 def load(environ: dict[str, str] | None = None) -> Settings:
     environ = dict(os.environ if environ is None else environ)
-    nuclio_url = (environ.get("NUCLIO_URL") or "http://127.0.0.1:8070").rstrip("/")
+    nuclio_urls = tuple(url.strip().rstrip("/") for url in (environ.get("NUCLIO_URL") or "http://127.0.0.1:8070").split(",")
+                        if url.strip())
+    for url in nuclio_urls:
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise ValueError(f"NUCLIO_URL: {url!r} is not an http:// or https:// URL")
+    if len(set(nuclio_urls)) != len(nuclio_urls):
+        raise ValueError("NUCLIO_URL names a dashboard twice")
     method = environ.get("NUCLIO_INVOKE_METHOD", "dashboard").lower()
     if method not in INVOKE_METHODS:
         raise ValueError(f"NUCLIO_INVOKE_METHOD={method!r} is not one of {', '.join(INVOKE_METHODS)}")
@@ -80,10 +88,10 @@ def load(environ: dict[str, str] | None = None) -> Settings:
             raise ValueError(f"CVAT_URL={cvat_url!r} must start with http:// or https://")
     database_url = _database_url(environ.get("DATABASE_URL") or None)
     return Settings(
-        nuclio_url=nuclio_url,
+        nuclio_urls=nuclio_urls,
         nuclio_configured=bool(environ.get("NUCLIO_URL")),
         nuclio_invoke_method=method,
-        nuclio_function_host=environ.get("NUCLIO_FUNCTION_HOST") or urlsplit(nuclio_url).hostname or "127.0.0.1",
+        nuclio_function_host=environ.get("NUCLIO_FUNCTION_HOST") or None,
         nuclio_timeout=timeout,
         function_token=environ.get("FUNCTION_TOKEN") or None,
         database_url=database_url,

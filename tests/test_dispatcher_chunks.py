@@ -147,9 +147,9 @@ class RecordingRegistry(Registry):
         super().__init__(gateway)
         self.frames_per_call = []
 
-    def call(self, function, payload):
+    def call(self, function, payload, replica=None):
         self.frames_per_call.append(len(payload["images"]) if "images" in payload else 1)
-        return super().call(function, payload)
+        return super().call(function, payload, replica)
 
 
 def test_batched_calls_give_what_one_frame_per_call_gives(services, platform):

@@ -122,13 +122,15 @@ def test_direct_calls_go_to_the_address_the_platform_reports(platform):
     # the address in status.internalInvocationUrls.
     registry = registry_for(platform, NUCLIO_INVOKE_METHOD="direct", NUCLIO_FUNCTION_HOST="127.0.0.2")
     probe = registry.function("runtime-probe")
-    assert probe.address == f"127.0.0.1:{probe.http_port}"
+    (replica,) = probe.replicas
+    assert replica.address == f"127.0.0.1:{replica.http_port}"
     assert registry.call(probe, {"k": 1})["body"] == {"k": 1}
-    # A dashboard that reports no address (CVAT's nuclio, some versions): NUCLIO_FUNCTION_HOST and httpPort.
-    unlisted = dataclasses.replace(probe, address="")
+    # A dashboard that reports no address (CVAT's nuclio, some versions): NUCLIO_FUNCTION_HOST, or
+    # else the dashboard's host, and httpPort.
+    unlisted = dataclasses.replace(probe, replicas=(dataclasses.replace(replica, address=""),))
     with pytest.raises(GatewayError) as error:
         registry.call(unlisted, {"k": 1})
-    assert error.value.status == 503 and f"http://127.0.0.2:{probe.http_port}/" in error.value.message
+    assert error.value.status == 503 and f"http://127.0.0.2:{replica.http_port}/" in error.value.message
     assert registry_for(platform, NUCLIO_INVOKE_METHOD="direct").call(unlisted, {"k": 2})["body"] == {"k": 2}
 
 
@@ -161,8 +163,8 @@ def test_settings_defaults():
     assert len(settings.deployment_namespace) == 10
     # Every field by name: a new setting fails here until its default is written down.
     assert dataclasses.asdict(settings) == {
-        "nuclio_url": "http://127.0.0.1:8070", "nuclio_configured": False, "nuclio_invoke_method": "dashboard",
-        "nuclio_function_host": "127.0.0.1", "nuclio_timeout": 120.0, "function_token": None, "database_url": None,
+        "nuclio_urls": ("http://127.0.0.1:8070",), "nuclio_configured": False, "nuclio_invoke_method": "dashboard",
+        "nuclio_function_host": None, "nuclio_timeout": 120.0, "function_token": None, "database_url": None,
         "data_dir": dispatcher_settings.REPOSITORY / "data", "server_files_root": None,
         "max_image_pixels": 100_000_000, "max_body_bytes": 128 * 2**20, "redis_url": "redis://127.0.0.1:6379/0",
         "deployment_namespace": settings.deployment_namespace, "chunk_size": 64, "frame_retries": 2,
@@ -171,7 +173,13 @@ def test_settings_defaults():
         "tracker_state_key": settings.tracker_state_key, "cvat_url": None, "cvat_token": None, "cvat_username": None,
         "cvat_password": None, "cvat_timeout": 60.0, "auth_cache_seconds": 30.0}
     assert dispatcher_settings.load({"TRACKER_STATE_KEY": "shared"}).tracker_state_key == b"shared"
-    assert dispatcher_settings.load({"NUCLIO_URL": "http://nuclio:8070/"}).nuclio_function_host == "nuclio"
+    # One dashboard per host whose functions are called; "direct" finds ports on each one's host.
+    assert dispatcher_settings.load({"NUCLIO_URL": "http://a:8070/, http://b:8070"}).nuclio_urls == \
+        ("http://a:8070", "http://b:8070")
+    for environ, message in [({"NUCLIO_URL": "a:8070"}, "NUCLIO_URL: 'a:8070' is not an http"),
+                             ({"NUCLIO_URL": "http://a:1,http://a:1/"}, "names a dashboard twice")]:
+        with pytest.raises(ValueError, match=message):
+            dispatcher_settings.load(environ)
     # Fronting CVAT: a service account, and no API_TOKEN (callers are CVAT's users).
     fronting = dispatcher_settings.load({"CVAT_URL": "http://cvat:8080/", "CVAT_TOKEN": "k", "CVAT_TIMEOUT": "5"})
     assert (fronting.cvat_url, fronting.cvat_token, fronting.cvat_timeout) == ("http://cvat:8080", "k", 5.0)
@@ -197,3 +205,63 @@ def test_calls_in_flight_grow_with_the_replicas_nuclio_keeps():
     assert LambdaFunction.from_config(config).workers == 6
     config["spec"].update(replicas=4, minReplicas=None)
     assert LambdaFunction.from_config(config).workers == 8
+
+
+# Replicas: one function on several dashboards (docs/architecture.md §13)
+
+@pytest.fixture(scope="module")
+def second_platform(tmp_path_factory):
+    """Another host's platform: the probe again (PROBE_ENV tells its replies apart), and a function only it has."""
+    tree = tmp_path_factory.mktemp("tree-b")
+    copy_function(PROBE, tree / "probe", **{"spec.env": [{"name": "PROBE_ENV", "value": "second"}]})
+    copy_function(PROBE, tree / "only-here", **{"metadata.name": "probe-only-second",
+                                                 "spec.env": [{"name": "PROBE_ENV", "value": "second"}]})
+    with serve_platform(tree) as running:
+        yield running
+
+
+@pytest.mark.parametrize("method", ["dashboard", "direct"])
+def test_a_function_several_dashboards_report_is_one_function_with_replicas(platform, second_platform, method):
+    registry = registry_for(platform, NUCLIO_URL=f"{platform.url},{second_platform.url}", NUCLIO_INVOKE_METHOD=method)
+    functions = {function.id: function for function in registry.functions()}
+    assert set(functions) == {"runtime-probe", "probe-init-fails", "probe-interactor", "probe-skeleton",
+                              "probe-only-second"}
+    probe = registry.function("runtime-probe")
+    assert [replica.dashboard for replica in probe.replicas] == [platform.url, second_platform.url]
+    assert probe.workers == functions["runtime-probe"].workers == 4  # 2 workers on each
+    # Online calls take the replicas in turn; a call to a given replica goes there.
+    first = "from-function-yaml"
+    assert sorted(registry.call(probe, {})["env"] for _ in range(4)) == [first] * 2 + ["second"] * 2
+    assert {registry.call(probe, {}, probe.replicas[1])["env"] for _ in range(3)} == {"second"}
+    assert registry.call(registry.function("probe-only-second"), {})["env"] == "second"
+    registry.gateway.close()
+
+
+def test_a_dashboard_that_cannot_be_reached_is_left_out_while_another_answers(platform):
+    dead = f"http://127.0.0.1:{free_port()}"
+    registry = registry_for(platform, NUCLIO_URL=f"{dead},{platform.url}")
+    probe = registry.function("runtime-probe")
+    assert [replica.dashboard for replica in probe.replicas] == [platform.url]
+    assert "runtime-probe" in {function.id for function in registry.functions()}
+    with pytest.raises(GatewayError) as missing:  # none has it: nuclio's 404, not the dead one's 503
+        registry.function("no-such-function")
+    assert missing.value.status == 404
+    # A replica whose address answers nothing passes an online call on to the next.
+    (replica,) = probe.replicas
+    lost = dataclasses.replace(replica, dashboard=dead, address=f"127.0.0.1:{free_port()}")
+    two = dataclasses.replace(probe, replicas=(lost, replica))
+    direct = registry_for(platform, NUCLIO_URL=f"{dead},{platform.url}", NUCLIO_INVOKE_METHOD="direct")
+    assert all(direct.call(two, {"k": n})["body"] == {"k": n} for n in range(4))
+    with pytest.raises(GatewayError) as error:
+        direct.call(two, {}, lost)
+    assert error.value.status == 503 and "cannot connect" in error.value.message
+    for each in (registry, direct):
+        each.gateway.close()
+
+
+def test_nothing_reachable_is_503():
+    urls = f"http://127.0.0.1:{free_port()},http://127.0.0.1:{free_port()}"
+    registry = Registry(Gateway(dispatcher_settings.load({"NUCLIO_URL": urls})))
+    with pytest.raises(GatewayError) as error:
+        registry.function("runtime-probe")
+    assert error.value.status == 503 and "cannot connect to nuclio" in error.value.message

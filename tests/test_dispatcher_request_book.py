@@ -1,5 +1,6 @@
 """Request ids, runs, conflicts, chunks, progress, cancel and call slots of annotation requests, on the real Redis."""
 
+import contextlib
 import threading
 import time
 import uuid
@@ -140,6 +141,15 @@ def test_expired_requests_leave_the_list(book):
     assert book.get(run.request_id) is None and book.list() == []
 
 
+def test_an_older_attempt_of_a_chunk_ending_leaves_the_newer_one_running(book):
+    run = book.create(Target(11), "yolo", {}, [0, 1])
+    assert book.chunk_started(run.id, "chunk-0") == 1
+    assert book.chunk_started(run.id, "chunk-0") == 2  # run again: its first worker was lost
+    assert book.chunk_ended(run.id, "chunk-0", 1) == 1  # the first worker came back and ended it
+    assert book.chunk_ended(run.id, "chunk-0", 2) == 0
+    book.finish(run.id, "finished")
+
+
 def test_a_cancel_frees_the_target_at_once(book):
     queue = rq.Queue(f"{book.prefix}-queue", connection=book.redis)
     first = book.create(Target(10), "yolo", {}, [0, 1, 2])
@@ -164,7 +174,7 @@ def test_call_slots_bound_calls_in_flight_across_holders(book):
     in_flight, peak, lock = [0], [0], threading.Lock()
 
     def call():
-        with slots.hold("yolo", 2):
+        with slots.hold("yolo", {"r": 2}):
             with lock:
                 in_flight[0] += 1
                 peak[0] = max(peak[0], in_flight[0])
@@ -177,22 +187,22 @@ def test_call_slots_bound_calls_in_flight_across_holders(book):
         thread.start()
     for thread in threads:
         thread.join()
-    assert peak[0] == 2 and book.redis.zcard(f"{book.prefix}:slots:yolo") == 0
+    assert peak[0] == 2 and book.redis.zcard(f"{book.prefix}:slots:yolo@r") == 0
 
 
 def test_a_dead_holders_slot_comes_back_after_its_lease(book):
     slots = CallSlots(book.redis, lease_seconds=0.3, prefix=book.prefix)
-    book.redis.zadd(f"{book.prefix}:slots:yolo", {"dead-holder": time.time() + 0.3})  # what a dead worker leaves
+    book.redis.zadd(f"{book.prefix}:slots:yolo@r", {"dead-holder": time.time() + 0.3})  # what a dead worker leaves
     started = time.monotonic()
-    with slots.hold("yolo", 1):
+    with slots.hold("yolo", {"r": 1}):
         assert 0.2 < time.monotonic() - started < 2
 
 
 def test_a_long_call_keeps_its_slot(book):
     slots = CallSlots(book.redis, lease_seconds=0.3, prefix=book.prefix)
-    with slots.hold("yolo", 1):
+    with slots.hold("yolo", {"r": 1}):
         time.sleep(1)  # three leases long: renewed meanwhile
-        assert book.redis.zcard(f"{book.prefix}:slots:yolo") == 1
+        assert book.redis.zcard(f"{book.prefix}:slots:yolo@r") == 1
         waiting = time.monotonic()
 
         def give_up_after_a_lease_and_more():
@@ -201,7 +211,7 @@ def test_a_long_call_keeps_its_slot(book):
 
         other = CallSlots(book.redis, lease_seconds=0.3, prefix=book.prefix)
         # The slot stayed taken for two more leases.
-        with pytest.raises(InterruptedError), other.hold("yolo", 1, give_up_after_a_lease_and_more):
+        with pytest.raises(InterruptedError), other.hold("yolo", {"r": 1}, give_up_after_a_lease_and_more):
             pass
 
 
@@ -211,5 +221,29 @@ def test_waiting_for_a_slot_stops_when_asked(book):
     def canceled():
         raise InterruptedError("canceled")
 
-    with slots.hold("yolo", 1), pytest.raises(InterruptedError), slots.hold("yolo", 1, canceled):
+    with slots.hold("yolo", {"r": 1}), pytest.raises(InterruptedError), slots.hold("yolo", {"r": 1}, canceled):
         pass
+
+
+def test_call_slots_spread_over_replicas_and_pass_over_one_marked_down(book):
+    slots = CallSlots(book.redis, lease_seconds=60, prefix=book.prefix)
+    limits = {"a": 2, "b": 4}  # one function on two hosts: 6 calls at once in all
+
+    def full():
+        raise InterruptedError
+
+    with contextlib.ExitStack() as held:
+        taken = [held.enter_context(slots.hold("yolo", limits)) for _ in range(6)]
+        assert sorted(taken) == ["a"] * 2 + ["b"] * 4  # the least busy share first: never a third on a
+        with pytest.raises(InterruptedError):  # every slot of every replica is taken
+            held.enter_context(slots.hold("yolo", limits, full))
+    slots.mark_down("yolo", "b")
+    with contextlib.ExitStack() as held:
+        assert [held.enter_context(slots.hold("yolo", limits)) for _ in range(2)] == ["a", "a"]
+        with pytest.raises(InterruptedError):  # b has free slots, but a is up: b gets nothing
+            held.enter_context(slots.hold("yolo", limits, full))
+    assert not slots.all_down("yolo", ["a", "b"])
+    slots.mark_down("yolo", "a")
+    assert slots.all_down("yolo", ["a", "b"])
+    with slots.hold("yolo", limits) as replica:  # every replica down: one is tried all the same
+        assert replica == "a"

@@ -543,6 +543,23 @@ def test_a_replaced_run_writes_nothing(store):
     assert store.request_frames("req") == set()
 
 
+def test_an_older_attempt_of_a_chunk_writes_nothing_once_a_newer_one_has_begun(store):
+    """A worker cut off mid-chunk comes back after the chunk ran again elsewhere: it is fenced off."""
+    task = new_task(store)
+    store.begin_run("req", "run-1", task["id"])
+    store.write_results("req", "run-1", task["id"], {0: result(task, 0, 1)}, None, ("chunk-0", 1))
+    store.write_results("req", "run-1", task["id"], {}, None, ("chunk-0", 2))  # attempt 2 begins
+    with pytest.raises(StaleRun, match="attempt 1 of chunk chunk-0 of request req has been replaced by attempt 2"):
+        store.write_results("req", "run-1", task["id"], {1: result(task, 1, 5)}, None, ("chunk-0", 1))
+    store.write_results("req", "run-1", task["id"], {1: result(task, 1, 2)}, None, ("chunk-0", 2))
+    store.write_results("req", "run-1", task["id"], {2: result(task, 2, 3)}, None, ("chunk-1", 1))  # its own count
+    assert shape_points(store.get_annotations(task["id"])) == [(0, [1, 1, 11, 11]), (1, [2, 2, 12, 12]),
+                                                               (2, [3, 3, 13, 13])]
+    store.begin_run("req", "run-2", task["id"])  # a new run counts afresh
+    store.write_results("req", "run-2", task["id"], {3: result(task, 3, 4)}, None, ("chunk-0", 1))
+    assert store.request_frames("req") == {3}
+
+
 def test_concurrent_chunks_of_one_request_clean_up_once(postgres_url, tmp_path):
     """Two workers write two chunks of one request at once; the table lock holds the first to claim
     the cleanup inside its transaction until the second is waiting too."""

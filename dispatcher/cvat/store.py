@@ -240,9 +240,11 @@ class CvatStore:
                        cvat_frames.c.written.is_(True))).scalars())
 
     def write_results(self, request_id: str, run: str, task_id: int,
-                      results: dict[int, tuple[list[dict], list[dict]]], cleanup_frames: list[int] | None) -> bool:
+                      results: dict[int, tuple[list[dict], list[dict]]], cleanup_frames: list[int] | None,
+                      attempt: tuple[str, int] | None = None) -> bool:
         """Stage, then write to CVAT the frames not there yet (see the module's docstring). Cleanup
-        already happened in ``begin_run``; returns False, as no write here cleans."""
+        already happened in ``begin_run``; returns False, as no write here cleans. ``attempt`` is
+        not needed: a frame staged once is written to CVAT once, whichever attempt staged it."""
         if not results:
             return False
         frames = sorted(results)

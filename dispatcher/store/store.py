@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from dispatcher import tracks
 from dispatcher.converter import TaskAttribute, TaskLabel
 from dispatcher.store import exports
-from dispatcher.store.errors import InvalidInput, NotFound
+from dispatcher.store.errors import InvalidInput, NotFound, StaleRun
 from dispatcher.store.request_records import RequestRecords
 from dispatcher.store.rows import (
     batches,
@@ -38,6 +38,7 @@ from dispatcher.store.server_files import ServerFiles
 from dispatcher.store.tables import (
     annotations,
     attributes,
+    chunk_attempts,
     frames,
     jobs,
     labels,
@@ -473,17 +474,21 @@ class Store:
     # Results of annotation requests (the RQ workers)
 
     def write_results(self, request_id: str, run: str, task_id: int,
-                      results: dict[int, tuple[list[dict], list[dict]]], cleanup_frames: list[int] | None) -> bool:
+                      results: dict[int, tuple[list[dict], list[dict]]], cleanup_frames: list[int] | None,
+                      attempt: tuple[str, int] | None = None) -> bool:
         """Write one chunk of a request's results, ``frame -> (tags, shapes)``, in one transaction.
 
         With ``cleanup_frames`` (the request's target frames), the first chunk of the request to
         get here deletes the annotations on those frames that the request did not write; later and
         concurrent chunks do not. A frame written again (a retried chunk) replaces what the request
         wrote there before. Returns whether this call did the cleanup. Raises StaleRun when ``run``
-        is no longer the request's run.
+        is no longer the request's run, or when ``attempt``, (chunk id, attempt number), is older
+        than an attempt of that chunk that has written (results or none) before.
         """
         with self._engine.begin() as connection:
             hold_run(connection, request_runs, request_id, run)
+            if attempt is not None:
+                self._hold_attempt(connection, request_id, task_id, *attempt)
             context = TaskContext.load(connection, task_id)
             items = []
             for frame in sorted(results):
@@ -526,6 +531,20 @@ class Store:
             if results or cleaned:
                 self._touch(connection, task_id)
             return cleaned
+
+    def _hold_attempt(self, connection, request_id: str, task_id: int, chunk_id: str, attempt: int) -> None:
+        """Record ``attempt`` as the chunk's latest, row locked for the transaction; StaleRun if a
+        newer one is recorded."""
+        connection.execute(self._upsert(chunk_attempts).values(request_id=request_id, chunk_id=chunk_id,
+                                                                attempt=attempt, task_id=task_id)
+                           .on_conflict_do_nothing())
+        this_chunk = (chunk_attempts.c.request_id == request_id, chunk_attempts.c.chunk_id == chunk_id)
+        latest = connection.execute(select(chunk_attempts.c.attempt).where(*this_chunk).with_for_update()).scalar_one()
+        if latest > attempt:
+            raise StaleRun(f"attempt {attempt} of chunk {chunk_id} of request {request_id} has been replaced by "
+                           f"attempt {latest}; nothing was written")
+        if latest < attempt:
+            connection.execute(update(chunk_attempts).where(*this_chunk).values(attempt=attempt))
 
     def rectangles(self, task_id: int, frames: list[int]) -> dict[int, list[dict]]:
         """The rectangle shapes on ``frames``, by frame, each with its id, in id order."""
@@ -581,6 +600,7 @@ class Store:
                                                       set_={"run": run, "task_id": task_id, "tracks_written": False}))
             connection.execute(delete(requests_cleanup).where(requests_cleanup.c.request_id == request_id))
             connection.execute(delete(request_frames).where(request_frames.c.request_id == request_id))
+            connection.execute(delete(chunk_attempts).where(chunk_attempts.c.request_id == request_id))
             connection.execute(update(annotations).where(annotations.c.request_id == request_id)
                                .values(request_id=None))
 

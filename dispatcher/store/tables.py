@@ -113,6 +113,15 @@ request_runs = Table(
     Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
     Column("tracks_written", Boolean, nullable=False),  # ReID: its tracks replaced the rectangles
 )
+# The latest attempt of each chunk of a request: an older attempt (its worker lost its link, and
+# the chunk ran again elsewhere) writes nothing once a newer one has begun.
+chunk_attempts = Table(
+    "chunk_attempts", metadata,
+    Column("request_id", String, primary_key=True),
+    Column("chunk_id", String, primary_key=True),
+    Column("attempt", Integer, nullable=False),
+    Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+)
 # The frames a request has written results for, with no shapes too; the row lock serialises two
 # writers of one (request, frame).
 request_frames = Table(
