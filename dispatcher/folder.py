@@ -152,6 +152,12 @@ def _start_local(settings: Settings, function_id: str, services: LocalProcesses)
                           f"or point REDIS_URL at one.") from None
     environment = {}
     if not settings.nuclio_configured:
+        from serverless.runtime.platform import function_names  # the local platform's; not needed otherwise
+
+        known = function_names(REPOSITORY / "serverless")
+        if function_id not in known:
+            raise FolderError(f"there is no function {function_id!r} under {REPOSITORY / 'serverless'}; "
+                              f"--function takes one of: {', '.join(known)}")
         nuclio_port = free_port()
         services.start("platform", [sys.executable, "-m", "serverless.runtime", "platform",
                                     str(REPOSITORY / "serverless"), "--port", str(nuclio_port),

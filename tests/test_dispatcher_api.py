@@ -500,6 +500,14 @@ def test_annotate_folder_says_what_is_wrong(tmp_path):
     result = run(str(empty), "--function", YOLO, "-o", str(tmp_path / "x.json"), REDIS_URL="redis://127.0.0.1:1/0")
     assert result.returncode == 1 and "Redis is not reachable at redis://127.0.0.1:1/0" in result.stderr
     assert "redis-server --daemonize yes" in result.stderr
+    # A mistyped id fails before anything starts (it used to wait 5 minutes), naming the functions there are.
+    env = {key: value for key, value in os.environ.items() if key != "NUCLIO_URL"}
+    result = subprocess.run([sys.executable, "-m", "dispatcher", "annotate-folder", str(empty), "--function",
+                             "openvino-omz-public-yolo-v3", "-o", str(tmp_path / "x.json")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "there is no function 'openvino-omz-public-yolo-v3'" in result.stderr
+    listed = result.stderr.split("--function takes one of: ")[1].strip().split(", ")
+    assert YOLO in listed and "openvino-omz-intel-face-detection-0205" in listed
 
 
 def test_ctrl_c_cancels_annotate_folder_cleanly(stack, tmp_path):

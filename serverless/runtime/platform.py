@@ -91,6 +91,11 @@ def discover(tree: Path, gpu: bool = False) -> list[Path]:
     return found
 
 
+def function_names(tree: Path) -> list[str]:
+    """The names of the functions under ``tree`` that a platform on it would list."""
+    return sorted(declared[0] for path in discover(tree) if (declared := _declared(path)) is not None)
+
+
 def _declared(path: Path) -> tuple[str, dict] | None:
     """The name and parsed content of a function.yaml the runtime refused, if it has a name."""
     with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError, KeyError):
