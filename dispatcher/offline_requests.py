@@ -43,7 +43,11 @@ def start(services: ApiServices, function_id: str, body: OfflineRequest | Annota
     if kind == "detector":
         if body.max_distance is not None:
             raise BadRequest("max_distance: only ReID functions take it")
-        build_mapping(function.meta.labels, services.store.task_labels(task), body.mapping)  # 400 now, not per frame
+        task_labels = services.store.task_labels(task)
+        if not build_mapping(function.meta.labels, task_labels, body.mapping):  # 400 now, not per frame
+            # Nothing the function finds could be kept: "finished" would write nothing.
+            raise BadRequest(f"mapping: no label of function {function.id} ({_names(function.meta.labels)}) matches a "
+                             f"label of task {task} ({_names(task_labels)}) by name and type; map them in 'mapping'")
         parameters = {"threshold": body.threshold, "cleanup": body.cleanup,
                       "conv_mask_to_poly": body.conv_mask_to_poly, "mapping": body.mapping}
         if body.roi is not None:
@@ -137,3 +141,9 @@ def _canceled(record: dict) -> str:
                 "the task's annotations were not changed")
     return (f"Canceled on request after {units['done']} of {units['total']} frames{failed}; "
             f"the annotations of those {units['done']} frames were kept")
+
+
+def _names(labels, shown: int = 12) -> str:
+    names = [label.name for label in labels]
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more if names else "none"

@@ -353,6 +353,16 @@ def test_each_run_on_a_target_adds_or_cleans_like_a_new_request(stack):
     assert len(run(cleanup=True)) == 4  # cleanup cleans on every run, not only on the first with this id
 
 
+def test_a_request_whose_labels_match_nothing_is_refused_naming_both_sets(stack):
+    task = stack.task([{"name": "car", "type": "rectangle"}, {"name": "thing", "type": "polygon"}], COCO_IMAGES[:2])
+    body = {"function": "probe-slow", "task": task["id"]}
+    detail = stack.error("POST", "/api/lambda/requests", 400, json=body)
+    assert detail == (f"mapping: no label of function probe-slow (thing) matches a label of task {task['id']} "
+                      f"(car, thing) by name and type; map them in 'mapping'")
+    assert stack.error("POST", "/detectors/probe-slow/annotate", 400, json={"task": task["id"]}) == detail
+    assert all(request["task_id"] != task["id"] for request in stack.ok("GET", "/api/lambda/requests"))
+
+
 def test_a_worker_killed_mid_chunk_costs_nothing(stack):
     task = stack.task(THING, COCO_IMAGES[:64])
     rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
