@@ -21,9 +21,9 @@ detection (openvino-omz-intel-face-detection-0205), over the COCO-128 val2017 JP
 The ratios e2e / in process (target >= 0.9) and e2e / loop (target >= 1.3) are taken within each
 round; the median over the rounds is the result.
 
-4. memory: peak resident memory of the API and of each worker's process tree (RQ forks a child per
-   chunk) during a YOLO v3 task of --frames and one of --large-frames (default 10,000), on the
-   same processes: flat in task size.
+4. memory: peak resident memory of the API and of each worker's process tree during a YOLO v3
+   task of --frames and one of --large-frames (default 10,000), on the same processes: flat in
+   task size.
 5. probes (--no-probes skips them): the test probe as a detector that sleeps 50 ms per frame, with
    1, 2, 4 and 8 workers, end to end vs the loop (target >= 2 from 2 workers on: capacity the loop
    cannot use), and one that does not sleep: the dispatcher's and the runtime's own cost per frame
@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--probes", action=argparse.BooleanOptionalAction, default=True,
                         help="run the probe section (default: on)")
-    parser.add_argument("--probe-frames", type=int, default=256, help="frames per probe task (default 256)")
+    parser.add_argument("--probe-frames", type=int, default=512, help="frames per probe task (default 512)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-dispatcher-"))
