@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -73,11 +74,15 @@ def create_app(settings: Settings) -> FastAPI:
         sweeps.stop()
         services.close()
 
-    app = FastAPI(title="CVAT-compatible auto-annotation dispatcher", lifespan=lifespan,
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the package, not a CDN
+    # (Swagger UI's validator badge, from another host, is turned off).
+    app = FastAPIOffline(title="CVAT-compatible auto-annotation dispatcher", lifespan=lifespan,
+                         swagger_ui_parameters={"validatorUrl": None},
                   description="CVAT's /api/lambda API, a task store in CVAT's REST shapes, and task-wide "
                               "annotation requests on Redis/RQ.")
     app.state.services = services
     app.add_middleware(Gate, services=services)
+    app.add_middleware(OwnHostOnly)
     app.add_middleware(HeadAsGet)  # outermost: the gate and the routes see a GET
     _install_error_handlers(app)
     included = [service.router, functions.router, requests.router]
@@ -113,6 +118,30 @@ class HeadAsGet:
             await send(message)
 
         await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
+class OwnHostOnly:
+    """The pages people open (the web UI, /docs, /redoc) may load nothing from another host: a
+    Content-Security-Policy the browser enforces. Sites without internet get whole pages, and
+    ReDoc's footer logo (from its CDN) is never fetched."""
+
+    PAGES = ("/ui", "/docs", "/redoc")
+    POLICY = (b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+              b"script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; font-src 'self' data:")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(self.PAGES):
+            return await self.app(scope, receive, send)
+
+        async def with_policy(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message["headers"], (b"content-security-policy", self.POLICY)]}
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
 
 
 class BodyTooLarge(HTTPException):

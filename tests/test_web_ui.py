@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -44,7 +45,9 @@ REGION_COLOUR = (0xFF, 0xB0, 0x00)  # annotate.js's REGION_COLOUR: a region's da
 def platform(tmp_path_factory):
     tree = tmp_path_factory.mktemp("ui-tree")
     copy_function(REPO / "serverless/openvino/omz/public/yolo-v3-tf/nuclio", tree / "yolo")
-    copy_function(REPO / "serverless/opencv/grabcut/nuclio", tree / "grabcut")
+    # Its help animation elsewhere, as CVAT's interactors keep theirs on GitHub.
+    copy_function(REPO / "serverless/opencv/grabcut/nuclio", tree / "grabcut",
+                  **{"metadata.annotations.animated_gif": "https://example.invalid/grabcut.gif"})
     copy_function(REPO / "serverless/opencv/reid-colour-histogram/nuclio", tree / "reid")
     # 0.25 s per frame on 2 workers: a 128-frame request runs ~16 s, long enough to watch and cancel.
     copy_function(PROBE, tree / "slow", **{"metadata.name": "probe-slow", "metadata.annotations.name": "Slow probe",
@@ -192,7 +195,52 @@ def test_token_prompt_and_models_page(page, stack):
     grabcut = page.get_by_role("article", name="GrabCut")
     expect(grabcut).to_contain_text("Help:")
     expect(grabcut).to_contain_text("interactor")
+    # Another host's animation is a link, never loaded.
+    expect(grabcut.get_by_role("link", name="How GrabCut is used (an animation on example.invalid)")).to_be_visible()
+    expect(grabcut.locator("img")).to_have_count(0)
+    # YOLO's 80 labels: 8 shown, the rest folded.
+    yolo = page.get_by_role("article", name="YOLO v3")
+    expect(yolo.locator("ul.tags").first.locator("li")).to_have_count(8)
+    expect(yolo.get_by_text("72 more labels")).to_be_visible()
+    expect(yolo.get_by_text("toothbrush")).to_be_hidden()
+    yolo.get_by_text("72 more labels").click()
+    expect(yolo.get_by_text("toothbrush")).to_be_visible()
     shoot(page, "models")
+
+
+def test_no_page_loads_anything_from_another_host(page, stack):
+    # Where each request went (data: and blob: URLs are the page's own), and how it failed, if it did.
+    sent = []
+    page.on("requestfinished", lambda request: sent.append((urlsplit(request.url).netloc or "own", None)))
+    page.on("requestfailed", lambda request: sent.append((urlsplit(request.url).netloc or "own", request.failure)))
+    sign_in(page, stack, "#/models")
+    expect(page.get_by_role("article", name="GrabCut")).to_be_visible()
+    for path in ("#/tasks", "#/no-such-page"):
+        page.goto(f"{stack.url}/ui/{path}")
+        page.wait_for_load_state("networkidle")
+    for path in ("/docs", "/redoc"):  # the API's own documentation, from the package's files
+        page.goto(f"{stack.url}{path}")
+        page.wait_for_load_state("networkidle")
+    expect(page.get_by_text("CVAT-compatible auto-annotation dispatcher").first).to_be_visible()
+    page.screenshot(path=str(SCREENSHOTS / "redoc.png"))  # the first screen: the whole page is 25,000 px
+    assert any(host == urlsplit(stack.url).netloc for host, _ in sent)
+    # ReDoc asks for its footer logo from its CDN: the pages' Content-Security-Policy stops it in
+    # the browser, so nothing leaves the machine.
+    elsewhere = {(host, failure) for host, failure in sent if host not in ("own", urlsplit(stack.url).netloc)}
+    assert elsewhere <= {("cdn.redoc.ly", "csp")}
+
+
+def test_a_missing_page_offers_the_way_back(page, stack):
+    sign_in(page, stack)
+    page.goto(f"{stack.url}/ui/#/no-such-page")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Not found")
+    expect(page.get_by_text("There is no page at #/no-such-page.")).to_be_visible()
+    page.goto(f"{stack.url}/ui/#/tasks/987654")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Not found")
+    expect(page.get_by_text("(HTTP 404)", exact=False)).to_be_visible()
+    shoot(page, "not-found")
+    page.get_by_role("link", name="← Back to the tasks").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Tasks")
 
 
 def test_upload_task_annotate_view_and_detect(page, stack):
@@ -277,15 +325,15 @@ def test_upload_task_annotate_view_and_detect(page, stack):
     shoot(page, "viewer")
 
     heading = page.get_by_role("heading", level=1)
-    expect(heading).to_contain_text("Frame 0 of 2")
+    expect(heading).to_contain_text("Frame 0 (1 of 3)")
     page.keyboard.press("ArrowRight")
-    expect(heading).to_contain_text("Frame 1 of 2")
+    expect(heading).to_contain_text("Frame 1 (2 of 3)")
     expect(heading).to_contain_text("zidane.jpg")
     page.keyboard.press("ArrowRight")
-    expect(heading).to_contain_text("Frame 2 of 2")
+    expect(heading).to_contain_text("Frame 2 (3 of 3)")
     page.keyboard.press("ArrowRight")  # the last frame: stays
     page.keyboard.press("ArrowLeft")
-    expect(heading).to_contain_text("Frame 1 of 2")
+    expect(heading).to_contain_text("Frame 1 (2 of 3)")
     assert page.url.endswith(f"#/tasks/{task['id']}/frames/1")
 
     # Detect on this frame only: the same model at the same threshold adds the same shapes again.
@@ -432,8 +480,9 @@ def test_api_errors_are_shown_in_words(page, stack):
     stack.ok("DELETE", f"/api/lambda/requests/{first['id']}", 204)
     stack.wait(first["id"])
 
-    page.goto(f"{stack.url}/ui/#/tasks/999999")
-    expect(alert).to_contain_text("task 999999 does not exist")
+    page.goto(f"{stack.url}/ui/#/tasks/999999")  # a page of its own, with the way back
+    expect(page.get_by_role("main")).to_contain_text("task 999999 does not exist")
+    expect(page.get_by_role("link", name="← Back to the tasks")).to_be_visible()
 
 
 def test_pages_are_served_without_the_token_and_the_api_is_not(stack):
@@ -748,7 +797,7 @@ def test_reid_from_the_dialog_and_tracks_in_the_viewer(page, stack, tmp_path):
 
     # On frame 3 our track is outside: not listed; the people's tracks still are.
     page.goto(f"{stack.url}/ui/#/tasks/{task['id']}/frames/3")
-    expect(page.get_by_role("heading", level=1)).to_contain_text("Frame 3 of 3")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Frame 3 (4 of 4)")
     expect(items.filter(has_text="track marker")).to_have_count(0)
     expect(items.filter(has_text="track person")).to_have_count(
         len(stack.ok("GET", f"/api/tasks/{task['id']}/annotations", params={"frame": 3})["tracks"]))

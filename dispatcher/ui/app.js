@@ -1,6 +1,7 @@
 // The web UI: a hash router over four pages. Each page renders into <main> and may return a
 // function that stops what it started (polling, key handlers) when the user leaves.
-import {askForToken, clearErrors, showError} from "./api.js";
+import {ApiError, askForToken, clearErrors, showError} from "./api.js";
+import {h} from "./dom.js";
 import {modelsPage} from "./models.js";
 import {taskPage, tasksPage} from "./tasks.js";
 import {viewerPage} from "./viewer.js";
@@ -33,7 +34,7 @@ async function route() {
     else link.removeAttribute("aria-current");
   }
   if (!match) {
-    showError(`There is no page at ${hash}.`);
+    view.replaceChildren(...notFound(`There is no page at ${hash}.`));
     return;
   }
   const [found, page] = match;
@@ -43,8 +44,16 @@ async function route() {
     if (currentPage === view) leavePage = leave;
     else if (leave) leave(); // the user has already moved on
   } catch (error) {
-    if (currentPage === view) showError(error);
+    if (currentPage !== view) return;
+    if (error instanceof ApiError && error.status === 404) view.replaceChildren(...notFound(error.message));
+    else showError(error);
   }
+}
+
+// A page that is not there, with the ways back.
+function notFound(why) {
+  return [h("h1", {}, "Not found"), h("p", {}, why),
+    h("p", {}, h("a", {href: "#/tasks"}, "← Back to the tasks"), " · ", h("a", {href: "#/models"}, "the models"))];
 }
 
 window.addEventListener("hashchange", route);

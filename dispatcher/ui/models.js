@@ -2,13 +2,30 @@
 import {api} from "./api.js";
 import {h} from "./dom.js";
 
+const LABELS_SHOWN = 8; // more fold away: COCO's 80 would fill a screen per model
+
 export function labelList(labels) {
-  return h("ul", {class: "tags"}, labels.map((label) => h("li", {},
+  const chip = (label) => h("li", {},
     label.name,
     label.type && label.type !== "any" ? h("span", {class: "muted"}, ` (${label.type})`) : null,
     label.attributes && label.attributes.length
       ? h("span", {class: "muted"}, ` · ${label.attributes.map((a) => `${a.name}: ${a.values.join("/") || a.input_type}`).join("; ")}`)
-      : null)));
+      : null);
+  const shown = h("ul", {class: "tags"}, labels.slice(0, LABELS_SHOWN).map(chip));
+  if (labels.length <= LABELS_SHOWN) return shown;
+  return h("div", {}, shown, h("details", {class: "more-labels"},
+    h("summary", {}, `${labels.length - LABELS_SHOWN} more labels`),
+    h("ul", {class: "tags"}, labels.slice(LABELS_SHOWN).map(chip))));
+}
+
+// The help animation: shown when it is served from here; elsewhere (CVAT's functions point at
+// GitHub) a link, as the UI loads nothing from other hosts.
+function usage(fn) {
+  if (!fn.animated_gif) return null;
+  const url = new URL(fn.animated_gif, location.href);
+  if (url.origin === location.origin) return h("img", {src: url.href, alt: `How ${fn.name} is used`});
+  return h("p", {}, h("a", {href: url.href, target: "_blank", rel: "noopener noreferrer"},
+    `How ${fn.name} is used (an animation on ${url.host})`));
 }
 
 export function stateText(fn) {
@@ -32,7 +49,7 @@ export async function modelsPage(view) {
       fn.help_message ? h("p", {}, h("strong", {}, "Help: "), fn.help_message) : null,
       h("h3", {}, "Labels"),
       fn.labels_v2.length ? labelList(fn.labels_v2) : h("p", {class: "muted"}, "none (class-agnostic)")),
-    fn.animated_gif ? h("img", {src: fn.animated_gif, alt: `How ${fn.name} is used`}) : null));
+    usage(fn)));
   view.replaceChildren(h("h1", {}, "Models"),
     functions.length ? h("p", {class: "muted"}, `${functions.length} functions`) : h("p", {}, "No functions are deployed."),
     ...cards);

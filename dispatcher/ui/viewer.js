@@ -341,7 +341,7 @@ export async function viewerPage(view, taskId, frameNumber) {
 
   view.replaceChildren(
     h("p", {}, h("a", {href: `#/tasks/${taskId}`}, `← Task ${taskId}: ${task.name}`)),
-    h("h1", {}, `Frame ${frameNumber} of ${meta.size - 1}`, h("span", {class: "muted"}, ` · ${frameInfo.name} · ${frameInfo.width}×${frameInfo.height}`)),
+    h("h1", {}, `Frame ${frameNumber}`, h("span", {class: "muted"}, ` (${frameNumber + 1} of ${meta.size}) · ${frameInfo.name} · ${frameInfo.width}×${frameInfo.height}`)),
     frameForm,
     h("div", {class: "viewer"},
       h("div", {class: "stage"}, canvas),
