@@ -29,13 +29,11 @@ import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from dispatcher.store.coco_categories import coco_name
 from serverless.common.metadata import FunctionMeta
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_SUBSET = REPO.parent / "shared/testdata/coco128-val2017"
-# CVAT's YOLO label names are VOC spellings of these COCO categories.
-VOC_NAMES = {"motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch", "pottedplant": "potted plant",
-             "diningtable": "dining table", "tvmonitor": "tv"}
 
 
 def coco_category_ids(function_yaml: Path, categories: list[dict]) -> dict[str, int]:
@@ -44,10 +42,10 @@ def coco_category_ids(function_yaml: Path, categories: list[dict]) -> dict[str, 
     labels = FunctionMeta.from_nuclio(yaml.safe_load(function_yaml.read_text())).labels
     mapping = {}
     for label in labels:
-        coco_name = VOC_NAMES.get(label.name, label.name.replace("_", " "))
-        if coco_name not in by_name:
+        name = coco_name(label.name)  # CVAT's YOLO labels use darknet's spellings, RetinaNet's underscores
+        if name not in by_name:
             raise ValueError(f"label {label.name!r} of {function_yaml} has no COCO category")
-        mapping[label.name] = by_name[coco_name]
+        mapping[label.name] = by_name[name]
     return mapping
 
 

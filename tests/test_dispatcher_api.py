@@ -363,6 +363,22 @@ def test_a_request_whose_labels_match_nothing_is_refused_naming_both_sets(stack)
     assert all(request["task_id"] != task["id"] for request in stack.ok("GET", "/api/lambda/requests"))
 
 
+def test_the_coco_export_numbers_categories_as_coco_does_when_asked(stack):
+    task = stack.task([{"name": "person", "type": "rectangle"}, {"name": "tvmonitor", "type": "rectangle"}],
+                      COCO_IMAGES[:1])
+    path = f"/api/tasks/{task['id']}/export"
+    own = stack.ok("GET", path, params={"format": "coco"})
+    assert [(c["id"], c["name"]) for c in own["categories"]] == [(1, "person"), (2, "tvmonitor")]
+    cocos = stack.ok("GET", path, params={"format": "coco", "category_ids": "coco"})
+    assert [(c["id"], c["name"]) for c in cocos["categories"]] == [(1, "person"), (72, "tv")]
+    assert [image["id"] for image in cocos["images"]] == [int(COCO_IMAGES[0].stem)]
+    assert stack.error("GET", path, 400, params={"format": "cvat", "category_ids": "coco"}) == \
+        "category_ids: only the COCO export has categories to number"
+    things = stack.task(THING, COCO_IMAGES[:1])
+    assert "these are not: thing" in stack.error("GET", f"/api/tasks/{things['id']}/export", 400,
+                                                 params={"format": "coco", "category_ids": "coco"})
+
+
 def test_a_worker_killed_mid_chunk_costs_nothing(stack):
     task = stack.task(THING, COCO_IMAGES[:64])
     rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]

@@ -15,19 +15,25 @@ import datumaro
 import numpy as np
 import psycopg
 import pytest
+import yaml
 from PIL import Image
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from dispatcher import settings as dispatcher_settings
 from dispatcher.converter import TaskAttribute, TaskLabel
 from dispatcher.store import InvalidInput, NotFound, StaleRun, Store, metadata
+from dispatcher.store.coco_categories import coco_name
 from serverless.common import masks
 from serverless.common.images import decode_image
+from serverless.common.metadata import FunctionMeta
 
-from helpers import TESTDATA, wait_until
+from helpers import REPO, TESTDATA, wait_until
 
 PIXELS = 100_000_000  # MAX_IMAGE_PIXELS's default
 COCO_IMAGES = sorted((TESTDATA / "coco128-val2017" / "images").glob("*.jpg"))[:4]
+COCO_TRUTH = TESTDATA / "coco128-val2017" / "instances_val2017_128.json"
+YOLO_YAML = REPO / "serverless/openvino/omz/public/yolo-v3-tf/nuclio/function.yaml"
 ASTRONAUT = TESTDATA / "skimage" / "astronaut.png"
 
 LABELS = [
@@ -643,6 +649,56 @@ def test_coco_export_reads_back_with_pycocotools(store, tmp_path):
     (turned,) = coco.loadAnns(coco.getAnnIds(imgIds=[2]))  # 20x10 turned a quarter: 10x20 about (20, 15)
     assert np.allclose(turned["bbox"], [15, 5, 10, 20]) and turned["area"] == 200
     assert coco.getAnnIds(imgIds=[3]) == []
+
+
+def test_coco_export_with_cocos_ids_scores_against_cocos_ground_truth(store, tmp_path):
+    """A task labelled as CVAT's YOLO functions label (darknet's spellings), holding COCO's own
+    boxes as detections with a score: pycocotools scores the export against COCO's ground truth
+    file as it is, and finds every box (AP 1.0); datumaro reads it too."""
+    truth = COCO(str(COCO_TRUTH))
+    yolo = FunctionMeta.from_nuclio(yaml.safe_load(YOLO_YAML.read_text()))
+    labels = [{"name": label.name, "type": "rectangle"} for label in yolo.labels]
+    task = store.create_task("coco", labels, None)
+    store.add_frames(task["id"], [(path.name, path.read_bytes()) for path in COCO_IMAGES])
+    task = store.get_task(task["id"])
+    label_of = {coco_name(label["name"]): label["id"] for label in task["labels"]}
+    image_ids = [int(path.stem) for path in COCO_IMAGES]
+    shapes = []
+    for frame, image_id in enumerate(image_ids):
+        for gt in truth.loadAnns(truth.getAnnIds(imgIds=[image_id], iscrowd=False)):
+            x, y, w, h = gt["bbox"]
+            shapes.append({"frame": frame, "label_id": label_of[truth.loadCats(gt["category_id"])[0]["name"]],
+                           "type": "rectangle", "points": [x, y, x + w, y + h], "score": 0.75})
+    store.put_annotations(task["id"], {"shapes": shapes})
+
+    exported = store.export_coco(task["id"], coco_ids=True)
+    assert [image["id"] for image in exported["images"]] == image_ids
+    assert {(c["id"], c["name"]) for c in exported["categories"]} >= {(1, "person"), (4, "motorcycle"), (72, "tv")}
+    assert {a["score"] for a in exported["annotations"]} == {0.75}
+    detections = truth.loadRes([{key: a[key] for key in ("image_id", "category_id", "bbox", "score")}
+                                for a in exported["annotations"]])
+    evaluation = COCOeval(truth, detections, "bbox")
+    evaluation.params.imgIds = image_ids
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)  # AP at IoU .50:.95: every box found, none extra
+    # The task's own numbering stays the default; scores are there too.
+    default = store.export_coco(task["id"])
+    assert [c["id"] for c in default["categories"]] == list(range(1, 81)) and default["annotations"][0]["score"] == 0.75
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations/instances_default.json").write_text(json.dumps(exported))
+    (tmp_path / "images").mkdir()
+    for path in COCO_IMAGES:
+        (tmp_path / "images/default").mkdir(exist_ok=True)
+        shutil.copy(path, tmp_path / "images/default" / path.name)
+    dataset = datumaro.Dataset.import_from(str(tmp_path), "coco_instances")
+    assert len(dataset) == 4 and sum(len(item.annotations) for item in dataset) == len(shapes)
+
+    other = store.create_task("mixed", [{"name": "person"}, {"name": "gizmo"}, {"name": "widget"}], None)
+    with pytest.raises(InvalidInput, match="these are not: gizmo, widget"):
+        store.export_coco(other["id"], coco_ids=True)
 
 
 def test_cvat_xml_export_has_cvats_structure(store):

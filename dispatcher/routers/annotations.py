@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query, Response
 
 from dispatcher.dependencies import TaskStore, authenticate
+from dispatcher.errors import BadRequest
 from dispatcher.schemas import GUARDED, MAX_ID, Id, error_responses
 
 router = APIRouter(tags=["annotations"], dependencies=[Depends(authenticate)],
@@ -78,14 +79,21 @@ def delete_job_annotations(job_id: Id, store: TaskStore) -> Response:
 
 
 ExportFormat = Literal["coco", "cvat"]  # COCO JSON; CVAT for images 1.1 XML
+CategoryIds = Literal["task", "coco"]  # COCO's category ids: 1, 2, ... in label order, or COCO's own
 
 
 @router.get("/api/tasks/{task_id}/export",
             responses={200: {"content": {"application/json": {}, "application/xml": {}}}})
-def export(task_id: Id, format: Annotated[ExportFormat, Query()], store: TaskStore) -> Response:
-    """The task's annotations as COCO JSON or CVAT for images 1.1 XML, as a download."""
+def export(task_id: Id, format: Annotated[ExportFormat, Query()], store: TaskStore,
+           category_ids: Annotated[CategoryIds, Query()] = "task") -> Response:
+    """The task's annotations as COCO JSON or CVAT for images 1.1 XML, as a download. COCO with
+    ``category_ids=coco``: COCO's own category and image ids, for a task whose labels are all COCO
+    categories (400 naming those that are not), so pycocotools scores it against COCO's ground truth."""
+    if format != "coco" and category_ids != "task":
+        raise BadRequest("category_ids: only the COCO export has categories to number")
     if format == "coco":
-        content, media_type, suffix = json.dumps(store.export_coco(task_id)), "application/json", "json"
+        exported = store.export_coco(task_id, category_ids == "coco")
+        content, media_type, suffix = json.dumps(exported), "application/json", "json"
     else:
         content, media_type, suffix = store.export_cvat_xml(task_id), "application/xml", "xml"
     return Response(content, media_type=media_type,

@@ -6,21 +6,36 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
+from pathlib import PurePath
 
 import numpy as np
 
 from dispatcher import tracks
+from dispatcher.store.coco_categories import CATEGORY_IDS, coco_name
+from dispatcher.store.errors import InvalidInput
 from dispatcher.store.rows import iso
 from serverless.common import masks
 
 
-def coco(task: dict, meta: list[dict], data: dict) -> dict:
+def coco(task: dict, meta: list[dict], data: dict, coco_ids: bool = False) -> dict:
     """COCO detection JSON: rectangles, polygons and masks (an uncompressed COCO RLE, column-major
     over the whole image, as pycocotools' frPyObjects reads it), the shapes of tracks on every
     frame they are visible with ``track_id`` (0, 1, ... in track order) and ``keyframe`` among
-    the attributes. Other shapes and tags have no place in it and are left out."""
-    category_of = {label["id"]: index for index, label in enumerate(task["labels"], 1)}
+    the attributes, and each shape's ``score`` when it has one (a detector's confidence). Other
+    shapes and tags have no place in it and are left out.
+
+    Categories are numbered 1, 2, ... in the task's label order; with ``coco_ids``, when every
+    label is one of COCO's categories (COCO's, darknet's or underscored spellings), COCO's own
+    ids and names, and images numbered by their file names where all are COCO's (``000000000139.jpg``
+    is 139), so that pycocotools scores the export against COCO's ground truth as it is."""
     attribute_names = _attribute_names(task["labels"])
+    if coco_ids:
+        category_of, categories = _coco_categories(task["labels"])
+    else:
+        category_of = {label["id"]: index for index, label in enumerate(task["labels"], 1)}
+        categories = [{"id": category_of[label["id"]], "name": label["name"], "supercategory": ""}
+                      for label in task["labels"]]
+    image_ids = _coco_image_ids(meta) if coco_ids else list(range(1, len(meta) + 1))
     coco_annotations = []
 
     def add(shape: dict, label_id: int, extra: dict) -> None:
@@ -29,13 +44,16 @@ def coco(task: dict, meta: list[dict], data: dict) -> dict:
         if geometry is None:
             return
         segmentation, bbox, area = geometry
-        coco_annotations.append({
-            "id": len(coco_annotations) + 1, "image_id": shape["frame"] + 1,
+        annotation = {
+            "id": len(coco_annotations) + 1, "image_id": image_ids[shape["frame"]],
             "category_id": category_of[label_id], "segmentation": segmentation, "area": area,
             "bbox": bbox, "iscrowd": 0,
             "attributes": {"occluded": shape["occluded"], "rotation": shape["rotation"], **extra,
                            **{attribute_names[a["spec_id"]]: a["value"] for a in shape["attributes"]}},
-        })
+        }
+        if shape.get("score") is not None:
+            annotation["score"] = shape["score"]
+        coco_annotations.append(annotation)
 
     for shape in data["shapes"]:
         add(shape, shape["label_id"], {})
@@ -48,12 +66,33 @@ def coco(task: dict, meta: list[dict], data: dict) -> dict:
     return {
         "info": {"description": task["name"], "date_created": task["created_date"]},
         "licenses": [],
-        "images": [{"id": frame + 1, "file_name": image["name"], "width": image["width"],
+        "images": [{"id": image_ids[frame], "file_name": image["name"], "width": image["width"],
                     "height": image["height"]} for frame, image in enumerate(meta)],
-        "categories": [{"id": category_of[label["id"]], "name": label["name"], "supercategory": ""}
-                       for label in task["labels"]],
+        "categories": categories,
         "annotations": coco_annotations,
     }
+
+
+def _coco_categories(labels: list[dict]) -> tuple[dict[int, int], list[dict]]:
+    """Label id -> COCO category id, and COCO's categories the labels name; InvalidInput naming the
+    labels that are not COCO's."""
+    names = {label["id"]: coco_name(label["name"]) for label in labels}
+    strangers = [label["name"] for label in labels if names[label["id"]] is None]
+    if strangers:
+        raise InvalidInput(f"category_ids: coco needs every label to be a COCO category; these are not: "
+                           f"{', '.join(strangers)}")
+    used = sorted({(CATEGORY_IDS[name], name) for name in names.values()})
+    return ({label_id: CATEGORY_IDS[name] for label_id, name in names.items()},
+            [{"id": category, "name": name, "supercategory": ""} for category, name in used])
+
+
+def _coco_image_ids(meta: list[dict]) -> list[int]:
+    """Each frame's COCO image id from its file name when every frame has one (and no two the same),
+    else the frame number + 1."""
+    stems = [PurePath(image["name"]).stem for image in meta]
+    if stems and all(stem.isdigit() for stem in stems) and len({int(stem) for stem in stems}) == len(stems):
+        return [int(stem) for stem in stems]
+    return list(range(1, len(meta) + 1))
 
 
 def cvat_xml(task: dict, meta: list[dict], data: dict) -> str:

@@ -606,9 +606,10 @@ class Store:
 
     # Exports
 
-    def export_coco(self, task_id: int) -> dict:
+    def export_coco(self, task_id: int, coco_ids: bool = False) -> dict:
         """COCO detection JSON (``exports.coco``)."""
-        return exports.coco(self.get_task(task_id), self.frames_meta(task_id)["frames"], self.get_annotations(task_id))
+        return exports.coco(self.get_task(task_id), self.frames_meta(task_id)["frames"], self.get_annotations(task_id),
+                            coco_ids)
 
     def export_cvat_xml(self, task_id: int) -> str:
         """CVAT for images 1.1 XML, tracks included (``exports.cvat_xml``)."""
