@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -45,6 +46,7 @@ from dispatcher.routers import (
     functions,
     jobs,
     labels,
+    metrics,
     requests,
     server_files,
     service,
@@ -85,7 +87,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(OwnHostOnly)
     app.add_middleware(HeadAsGet)  # outermost: the gate and the routes see a GET
     _install_error_handlers(app)
-    included = [service.router, functions.router, requests.router]
+    # HTTP metrics of every route, into the registry /metrics serves.
+    Instrumentator(registry=services.metrics_registry, excluded_handlers=["/metrics"]).instrument(app)
+    included = [service.router, metrics.router, functions.router, requests.router]
     if settings.cvat_url is None:  # fronting CVAT, tasks and annotations are CVAT's to serve
         # cvat-sdk and cvat-cli work against these as against CVAT (docs/wire-format.md §3.9).
         included += [about.router, auth.router, users.router, tasks.router, labels.router, jobs.router,

@@ -40,6 +40,7 @@ from dispatcher.circuit_breaker import PROBE_SECONDS, CircuitBreaker, CircuitOpe
 from dispatcher.converter import BadFunctionOutput, MappingError, build_mapping, convert
 from dispatcher.cvat.store import CvatStore
 from dispatcher.gateway import Gateway, GatewayError
+from dispatcher.job_metrics import JobMetrics
 from dispatcher.registry import InvalidFunction, Registry
 from dispatcher.request_book import FINAL_STATES, RequestBook, key_prefix
 from dispatcher.store import InvalidInput, NotFound, StaleRun, Store
@@ -65,6 +66,7 @@ class WorkerServices:
     retries: int  # further attempts after a retryable failure
     backoff: float  # seconds before the first retry, doubling after each
     breaker: CircuitBreaker  # per function, shared with every worker
+    metrics: JobMetrics  # frames and call latencies, in Redis for the API's /metrics
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ def worker_services() -> WorkerServices:
         retries=settings.frame_retries,
         backoff=settings.retry_backoff,
         breaker=CircuitBreaker(client, prefix, settings.circuit_breaker_failures, settings.circuit_breaker_wait),
+        metrics=JobMetrics(client, prefix),
     )
 
 
@@ -186,8 +189,11 @@ def _call_with_retries(services: WorkerServices, run: str, shared: SharedFunctio
             replicas = {replica.name: replica for replica in function.ready_replicas or function.replicas}
             limits = {name: max(1, replica.workers) for name, replica in replicas.items()}
             with services.slots.hold(function_id, limits, stop_if_canceled) as name:
-                replica = replicas[name]
-                reply = services.registry.call(function, payload, replica)
+                replica, started = replicas[name], time.monotonic()
+                try:
+                    reply = services.registry.call(function, payload, replica)
+                finally:
+                    services.metrics.call_ended(function_id, time.monotonic() - started)
         except GatewayError as error:
             if error.status in UNREACHABLE_STATUSES:
                 # A replica that cannot be reached gets no calls for a while; the function's circuit
@@ -352,6 +358,7 @@ def _annotate_with(request: dict, frames: list[int], services: WorkerServices, s
             if isinstance(outcome, UnitFailure):
                 services.book.frame_failed(run, frame, outcome.reason)
         services.book.frame_done(run, *results)
+        services.metrics.frames_stored(function.id, len(results), len(outcomes) - len(results))
         written, failed = written + len(results), failed + len(outcomes) - len(results)
 
     # As many threads as the function serves calls at once, each taking the next batch; frames are

@@ -8,11 +8,13 @@ from typing import Annotated
 import redis
 import rq
 from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
 
 from dispatcher import authentication
 from dispatcher.backends import open_store
 from dispatcher.cvat.callers import Caller, CvatCallers
 from dispatcher.gateway import Gateway
+from dispatcher.job_metrics import JobMetricsCollector
 from dispatcher.registry import Registry
 from dispatcher.request_book import RequestBook, key_prefix
 from dispatcher.settings import Settings
@@ -35,6 +37,9 @@ class ApiServices:
         self.book = RequestBook(self.redis, settings.finished_request_ttl, settings.failed_request_ttl,
                                 key_prefix(settings.deployment_namespace), records=self.store.request_records)
         self.queue = rq.Queue(queue_name(settings.deployment_namespace), connection=self.redis)
+        # Per app, not prometheus_client's global registry: a process may make several apps (tests).
+        self.metrics_registry = CollectorRegistry()
+        self.metrics_registry.register(JobMetricsCollector(self.book, self.queue))
 
     def close(self) -> None:
         self.gateway.close()

@@ -6,6 +6,7 @@ read back by pycocotools and datumaro."""
 import base64
 import json
 import os
+import re
 import runpy
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import datumaro
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -377,6 +379,37 @@ def test_the_coco_export_numbers_categories_as_coco_does_when_asked(stack):
     things = stack.task(THING, COCO_IMAGES[:1])
     assert "these are not: thing" in stack.error("GET", f"/api/tasks/{things['id']}/export", 400,
                                                  params={"format": "coco", "category_ids": "coco"})
+
+
+def test_metrics_count_http_calls_frames_and_call_latency(stack):
+    assert httpx.get(f"{stack.url}/metrics").status_code == 401  # behind the API's credentials
+    before = scrape(stack)
+    task = stack.task(THING, COCO_IMAGES[:8])
+    rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
+    assert stack.wait(rid, 120)["status"] == "finished"
+    after = scrape(stack)
+    done = ("autoannotate_frames_total", (("function", "probe-slow"), ("outcome", "done")))
+    assert after[done] - before.get(done, 0) == 8
+    calls = ("autoannotate_call_seconds_count", (("function", "probe-slow"),))
+    assert after[calls] - before.get(calls, 0) >= 1  # one per batch of frames
+    slowest = ("autoannotate_call_seconds_bucket", (("function", "probe-slow"), ("le", "+Inf")))
+    assert after[slowest] == after[calls]
+    assert after[("autoannotate_requests", (("status", "finished"),))] >= 1
+    assert ("autoannotate_queued_chunks", ()) in after
+    posted = ("http_requests_total", (("handler", "/api/lambda/requests"), ("method", "POST"), ("status", "2xx")))
+    assert after[posted] - before.get(posted, 0) == 1
+    # Every series the Grafana dashboard draws is one /metrics serves.
+    dashboard = json.loads((REPO / "deploy/grafana/autoannotate-dashboard.json").read_text())
+    drawn = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"\b(?:autoannotate|http)_\w+", target["expr"])}
+    assert len(drawn) == 6 and drawn <= {name for name, _ in after}
+
+
+def scrape(stack) -> dict:
+    """/metrics as {(sample name, sorted labels): value}."""
+    text = stack.ok("GET", "/metrics").text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def test_a_worker_killed_mid_chunk_costs_nothing(stack):

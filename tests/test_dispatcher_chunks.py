@@ -21,6 +21,7 @@ from dispatcher.call_slots import CallSlots
 from dispatcher.chunks import WorkerServices, run_chunk
 from dispatcher.circuit_breaker import CircuitBreaker
 from dispatcher.gateway import Gateway
+from dispatcher.job_metrics import JobMetrics
 from dispatcher.registry import Registry
 from dispatcher.request_book import RequestBook, Run, Target, key_prefix
 from dispatcher.store import Store
@@ -72,7 +73,8 @@ def services(platform, tmp_path):
     settings = dispatcher_settings.load({"NUCLIO_URL": platform.url})
     yield WorkerServices(RequestBook(client, 1800, 10800, prefix), CallSlots(client, prefix=prefix),
                          Registry(Gateway(settings)), store, retries=1, backoff=0.05,
-                         breaker=CircuitBreaker(client, prefix, failures=5, wait=30))
+                         breaker=CircuitBreaker(client, prefix, failures=5, wait=30),
+                         metrics=JobMetrics(client, prefix))
     store.close()
     keys = list(client.scan_iter(f"{prefix}:*"))
     if keys:

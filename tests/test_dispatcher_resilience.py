@@ -21,6 +21,7 @@ from dispatcher.call_slots import CallSlots
 from dispatcher.chunks import WorkerServices, run_chunk
 from dispatcher.circuit_breaker import CircuitBreaker, Open
 from dispatcher.gateway import Gateway
+from dispatcher.job_metrics import JobMetrics
 from dispatcher.registry import Registry
 from dispatcher.request_book import RequestBook, Target, key_prefix
 from dispatcher.store import Store
@@ -344,7 +345,8 @@ def test_a_worker_whose_store_lacks_the_task_leaves_the_run_alone(platform, tmp_
     store = Store(None, tmp_path / "data", None, 100_000_000)  # has no task 7
     settings = dispatcher_settings.load({"NUCLIO_URL": platform.url})
     services = WorkerServices(book, CallSlots(client, prefix=prefix), Registry(Gateway(settings)), store, retries=1,
-                              backoff=0.05, breaker=CircuitBreaker(client, prefix, 5, 30))
+                              backoff=0.05, breaker=CircuitBreaker(client, prefix, 5, 30),
+                              metrics=JobMetrics(client, prefix))
     try:
         assert run_chunk(run.id, [0, 1, 2], services, "chunk-0") == {"skipped": True, "foreign": True}
         request = book.get(run.request_id)
