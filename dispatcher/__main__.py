@@ -1,4 +1,4 @@
-"""``python -m dispatcher serve | worker | annotate-folder | auto-annotate``."""
+"""``python -m dispatcher serve | worker | annotate-folder | export | auto-annotate``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="COCO JSON or CVAT for images 1.1 XML (default: coco)")
     folder.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
     folder.add_argument("--api", help="use this running dispatcher (and its workers) instead of starting one")
+    export = commands.add_parser("export", help="write a task's annotations from the task store, no server needed")
+    export.add_argument("task", type=int, help="the task's id")
+    export.add_argument("--format", choices=("coco", "cvat"), default="coco",
+                        help="COCO JSON or CVAT for images 1.1 XML (default: coco)")
+    export.add_argument("--category-ids", choices=("task", "coco"), default="task",
+                        help="COCO only: number categories in label order, or with COCO's own ids (default: task)")
+    export.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
     from dispatcher import auto_annotation
 
     sdk = commands.add_parser("auto-annotate", help="run a cvat-sdk detection function here over a task "
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
         chunk_worker.run(settings, args.burst, args.name)
         return 0
+    if args.command == "export":
+        return _export(settings, args)
     from dispatcher import folder as annotate
 
     try:
@@ -73,6 +82,31 @@ def main(argv: list[str] | None = None) -> int:
     except annotate.FolderError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def _export(settings: dispatcher_settings.Settings, args: argparse.Namespace) -> int:
+    """What ``GET /api/tasks/<id>/export`` answers, read from the task store (DATA_DIR, DATABASE_URL)."""
+    import json
+
+    from dispatcher.store import InvalidInput, NotFound, Store
+
+    if settings.cvat_url is not None:
+        print("error: with CVAT_URL the tasks are CVAT's: export them from CVAT", file=sys.stderr)
+        return 2
+    store = Store(settings.database_url, settings.data_dir, settings.server_files_root, settings.max_image_pixels)
+    try:
+        if args.format == "coco":
+            content = json.dumps(store.export_coco(args.task, args.category_ids == "coco"))
+        else:
+            content = store.export_cvat_xml(args.task)
+    except (NotFound, InvalidInput) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    args.output.write_text(content)
+    print(f"wrote {args.output}: task {args.task}, {args.format}")
+    return 0
 
 
 def _is_loopback(host: str) -> bool:

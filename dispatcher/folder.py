@@ -4,7 +4,9 @@ function called by workers, the export read back from the API.
 
 Unless ``--api`` names a running dispatcher, it starts its own API and worker processes; unless
 NUCLIO_URL is set, also the local platform serving just the chosen function. Their logs go to
-``<DATA_DIR>/logs``. Ctrl-C cancels the request; what was annotated stays in the task.
+``<DATA_DIR>/logs``. Ctrl-C or SIGTERM cancels the request and stops what it started; what was
+annotated stays in the task, and ``python -m dispatcher export`` writes it without a server. The
+summary goes to stdout, progress and diagnostics to stderr.
 """
 
 from __future__ import annotations
@@ -129,10 +131,13 @@ def _checked(response: httpx.Response) -> httpx.Response:
 
 def annotate_folder(settings: Settings, folder: Path, function_id: str, output: Path, threshold: float | None,
                     output_format: str, api_url: str | None) -> int:
+    # SIGTERM (`timeout`, a supervisor) takes Ctrl-C's path: the request canceled, our processes stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     files = image_files(folder)
     if output.parent and not output.parent.is_dir():
         raise FolderError(f"the output's folder {output.parent} does not exist")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    remote = api_url is not None
     with LocalProcesses(settings.data_dir / "logs" / f"annotate-folder-{stamp}") as services:
         if api_url is None:
             api_url = _start_local(settings, function_id, services)
@@ -140,7 +145,7 @@ def annotate_folder(settings: Settings, folder: Path, function_id: str, output: 
         with httpx.Client(base_url=api_url, headers=headers, timeout=settings.nuclio_timeout + 30) as client:
             _wait(f"the dispatcher API at {api_url} to answer", lambda: _get(client, "/health"), 60, services)
             function = _wait_ready(client, function_id, services)
-            return _run(client, function, files, threshold, output, output_format, folder.name)
+            return _run(client, function, files, threshold, output, output_format, folder.name, remote)
 
 
 def _start_local(settings: Settings, function_id: str, services: LocalProcesses) -> str:
@@ -201,8 +206,12 @@ def _task_labels(function: dict) -> list[dict]:
     return [label(spec) for spec in function["labels_v2"]]
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _run(client: httpx.Client, function: dict, files: list[Path], threshold: float | None, output: Path,
-         output_format: str, name: str) -> int:
+         output_format: str, name: str, remote: bool) -> int:
     task = _checked(client.post("/api/tasks", json={"name": name, "labels": _task_labels(function)})).json()
     for start in range(0, len(files), UPLOAD_BATCH):
         batch = files[start:start + UPLOAD_BATCH]
@@ -219,8 +228,12 @@ def _run(client: httpx.Client, function: dict, files: list[Path], threshold: flo
         client.delete(f"/api/lambda/requests/{request['id']}")
         request = _follow(client, request, len(files), show=False)
         status = "canceled" if request["cancel_requested"] else request["status"]
-        print(f"{status}: {request['exc_info']}. Task {task['id']} keeps them: "
-              f"GET /api/tasks/{task['id']}/export?format={output_format}", file=sys.stderr)
+        if remote:  # that API goes on serving
+            how = f"GET {client.base_url}/api/tasks/{task['id']}/export?format={output_format}"
+        else:  # ours stops with this command: the task store is read directly
+            how = (f"python -m dispatcher export {task['id']} --format {output_format} -o {output} "
+                   f"(with the same DATA_DIR and DATABASE_URL)")
+        print(f"{status}: {request['exc_info']}. Task {task['id']} keeps them; to write them: {how}", file=sys.stderr)
         return 130
 
     for failure in request["failures"]:
@@ -232,7 +245,7 @@ def _run(client: httpx.Client, function: dict, files: list[Path], threshold: flo
     export = _checked(client.get(f"/api/tasks/{task['id']}/export", params={"format": output_format}))
     output.write_bytes(export.content)
     frames = request["frames"]
-    print(f"wrote {output}: {frames['done']} frames annotated, {frames['failed']} failed", file=sys.stderr)
+    print(f"wrote {output}: {frames['done']} frames annotated, {frames['failed']} failed")
     return 0 if frames["failed"] == 0 else 1
 
 

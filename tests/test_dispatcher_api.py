@@ -22,6 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from dispatcher.folder import child_pids
+
 from helpers import (
     FACE_FUNCTION,
     PROBE,
@@ -536,7 +538,7 @@ def test_annotate_folder_with_everything_embedded(tmp_path):
     finally:
         database.flushdb()  # its finished request would stay until its TTL
     assert run.returncode == 0, run.stderr
-    assert f"wrote {output}: 8 frames annotated, 0 failed" in run.stderr
+    assert run.stdout == f"wrote {output}: 8 frames annotated, 0 failed\n"  # the summary; progress on stderr
     (tmp_path / "photos/images").mkdir()
     for image in COCO_IMAGES[:8]:
         (tmp_path / "photos/images" / image.name).symlink_to(image)
@@ -593,5 +595,41 @@ def test_ctrl_c_cancels_annotate_folder_cleanly(stack, tmp_path):
     final = stack.ok("GET", f"/api/lambda/requests/{request['id']}")
     assert final["status"] == "failed" and final["cancel_requested"] and final["frames"]["done"] < 96
     assert "canceled: Canceled on request after " in stderr
-    assert f"were kept. Task {final['function']['task']} keeps them" in stderr
+    task = final["function"]["task"]
+    assert f"were kept. Task {task} keeps them; to write them: GET {stack.url}/api/tasks/{task}/export" in stderr
     assert not (tmp_path / "out.json").exists()
+
+
+def test_sigterm_stops_annotate_folder_and_what_it_started_and_the_export_needs_no_server(stack, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for image in COCO_IMAGES[:96]:
+        (folder / image.name).symlink_to(image)
+    # Its own API and worker (the stack's platform serves the function), on a database of its own.
+    env = {**os.environ, "NUCLIO_URL": stack.platform.url, "REDIS_URL": "redis://127.0.0.1:6379/10",
+           "DATA_DIR": str(tmp_path / "data"), "API_TOKEN": ""}
+    database = redis.Redis.from_url(env["REDIS_URL"])
+    database.flushdb()
+    output = tmp_path / "out.json"
+    process = subprocess.Popen([sys.executable, "-m", "dispatcher", "annotate-folder", str(folder), "--function",
+                                "probe-slow", "-o", str(output)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        started = wait_until(lambda: len(child_pids(process.pid)) == 2 and child_pids(process.pid), 60,
+                             "its API and worker")
+        wait_until(lambda: any(database.scard(key) for key in database.keys("*:run:*:done")), 60,
+                   "frames to be done", 0.1)
+        process.send_signal(signal.SIGTERM)  # as `timeout` does
+        stdout, stderr = process.communicate(timeout=90)
+    finally:
+        database.flushdb()
+    assert process.returncode == 130, stderr
+    assert stdout == ""  # no results were written
+    assert not any(Path(f"/proc/{pid}").exists() for pid in started)  # its API and worker are gone
+    command = stderr.split("to write them: ")[1].split(" (with the same")[0]
+    assert command.startswith("python -m dispatcher export ") and f"-o {output}" in command
+    exported = subprocess.run([sys.executable, *command.split()[1:]], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    coco = json.loads(output.read_text())
+    assert len(coco["images"]) == 96 and 0 < len(coco["annotations"]) < 96  # what was done before the cancel
