@@ -8,9 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from serverless.common import settings
 from serverless.runtime.platform import UnknownFunctions, discover, load_functions
 
-from helpers import FACE_FUNCTION, PROBE, TESTDATA, b64_file, copy_function, serve_function, serve_platform, wait_until
+from helpers import (
+    FACE_FUNCTION,
+    PROBE,
+    TESTDATA,
+    RunningProcess,
+    b64_file,
+    copy_function,
+    free_port,
+    serve_function,
+    serve_platform,
+    wait_until,
+)
 
 FACE = "openvino-omz-intel-face-detection-0205"
 
@@ -256,3 +268,26 @@ def test_a_killed_platform_takes_its_processors_and_workers_along(tmp_path):
     with serve_platform(tmp_path) as platform:
         assert sorted(_processors_of(tmp_path)) == sorted(_children(platform.process.pid))
         assert len(_processors_of(tmp_path)) == 2
+
+
+def test_a_function_in_error_loads_model_files_added_after_the_platform_started(tmp_path, face_models):
+    models = tmp_path / "models"  # empty at start, as before `model_files mirror` or a mount
+    models.mkdir()
+    copy_function(FACE_FUNCTION, tree := tmp_path / "tree" / "face")
+    running = RunningProcess(["platform", str(tree.parent)], free_port(), env={"MODELS_DIR": str(models)})
+    try:
+        def state():
+            return ((running.get_json("/api/functions") or {}).get(FACE) or {}).get("status", {})
+
+        failed = wait_until(lambda: state().get("state") == "error" and state(), 120, "the function to fail to load")
+        assert "face-detection-0205" in failed["message"]
+        for name in face_models:  # the files arrive while the platform runs
+            (models / name).symlink_to(settings.current().models_dir / name)
+        wait_until(lambda: state().get("state") == "ready", 120, "the function to load the files added")
+        image = b64_file(TESTDATA / "ultralytics/zidane.jpg")
+        reply = running.http.post("/api/function_invocations", json={"image": image},
+                                  headers={"x-nuclio-function-name": FACE})
+        assert reply.status_code == 200 and {item["label"] for item in reply.json()} == {"face"}
+    finally:
+        running.close()
+

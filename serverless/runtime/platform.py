@@ -161,6 +161,17 @@ def _free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
+def _files_under(root: Path) -> frozenset[tuple[str, int, float]]:
+    """Every file under ``root`` (symlinks followed) with its size and modification time."""
+    found = set()
+    for directory, _, names in os.walk(root, followlinks=True):
+        for name in names:
+            with contextlib.suppress(OSError):
+                stat = os.stat(os.path.join(directory, name))
+                found.add((os.path.join(directory, name), stat.st_size, stat.st_mtime))
+    return frozenset(found)
+
+
 class Platform:
     def __init__(self, tree: Path, host: str, gpu: bool = False, only: set[str] | None = None,
                  remote: dict[str, str] | None = None):
@@ -168,6 +179,8 @@ class Platform:
         self.functions = load_functions(tree, gpu, only, remote)
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64))
         self._monitor: asyncio.Task | None = None
+        self.models_dir = settings.current().models_dir
+        self._models_seen = _files_under(self.models_dir)
 
     async def start(self) -> None:
         for function in self.functions.values():
@@ -197,11 +210,35 @@ class Platform:
         await self.client.aclose()
 
     async def _watch(self) -> None:
-        """Follow each processor's readiness: often while any is starting, then every few seconds."""
+        """Follow each processor's readiness: often while any is starting, then every few seconds;
+        and while a function is in error, whether model files came into MODELS_DIR."""
         while True:
             await asyncio.gather(*(self._refresh(f) for f in self.functions.values() if f.process or f.url))
+            await self._reload_on_new_model_files()
             starting = any(f.state == "building" for f in self.functions.values())
             await asyncio.sleep(0.2 if starting else 2.0)
+
+    async def _reload_on_new_model_files(self) -> None:
+        """Functions in error start again when MODELS_DIR's files change (model files added after
+        the platform started: ``model_files mirror``, a copy, a mount), so they load them."""
+        failed = [f for f in self.functions.values() if f.state == "error" and f.process is not None]
+        if not failed:
+            return
+        seen = await asyncio.to_thread(_files_under, self.models_dir)
+        if seen == self._models_seen:
+            return
+        self._models_seen = seen
+        log.info("platform: model files changed under %s; starting again: %s", self.models_dir,
+                 ", ".join(f.name for f in failed))
+        for function in failed:
+            if function.process.returncode is None:
+                function.process.terminate()
+                try:
+                    await asyncio.wait_for(function.process.wait(), 10)
+                except TimeoutError:
+                    function.process.kill()
+                    await function.process.wait()
+            await self._spawn(function)
 
     async def _spawn(self, function: ManagedFunction) -> None:
         function.state, function.message = "building", ""
