@@ -364,7 +364,7 @@ def test_a_request_whose_labels_match_nothing_is_refused_naming_both_sets(stack)
     assert detail == (f"mapping: no label of function probe-slow (thing) matches a label of task {task['id']} "
                       f"(car, thing) by name and type; map them in 'mapping'")
     assert stack.error("POST", "/detectors/probe-slow/annotate", 400, json={"task": task["id"]}) == detail
-    assert all(request["task_id"] != task["id"] for request in stack.ok("GET", "/api/lambda/requests"))
+    assert all(request["function"]["task"] != task["id"] for request in stack.ok("GET", "/api/lambda/requests"))
 
 
 def test_the_coco_export_numbers_categories_as_coco_does_when_asked(stack):

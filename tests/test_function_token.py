@@ -9,6 +9,7 @@ import pytest
 
 from dispatcher import settings as dispatcher_settings
 from dispatcher.gateway import Gateway, GatewayError
+from dispatcher.registry import Replica
 from serverless.common import settings as function_settings
 from serverless.common.handler import json_handler
 
@@ -78,12 +79,12 @@ def test_the_dispatcher_sends_the_token(platform, method):
     gateway = Gateway(dispatcher_settings.load(environ))
     without = Gateway(dispatcher_settings.load({**environ, "FUNCTION_TOKEN": ""}))
     try:
-        (config,) = gateway.function_configs()
-        port = gateway.function_config("runtime-probe")["status"]["httpPort"]
-        assert config["metadata"]["name"] == "runtime-probe"
-        assert gateway.invoke("runtime-probe", port, "", {"k": 3})["body"] == {"k": 3}
+        ((dashboard, config),) = gateway.function_configs()
+        assert (dashboard, config["metadata"]["name"]) == (platform.url, "runtime-probe")
+        replica = Replica.from_config(*gateway.function_config("runtime-probe")[0])
+        assert gateway.invoke("runtime-probe", replica, {"k": 3})["body"] == {"k": 3}
         with pytest.raises(GatewayError) as refused:
-            without.invoke("runtime-probe", port, "", {"k": 3})
+            without.invoke("runtime-probe", replica, {"k": 3})
         assert refused.value.status == 401 and "FUNCTION_TOKEN" in refused.value.message
     finally:
         gateway.close()
