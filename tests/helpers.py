@@ -230,6 +230,7 @@ class Stack:
         if database_url:
             self.env["DATABASE_URL"] = database_url
         self.env.update(settings)
+        self.settings = load_settings(self.env)  # the processes' own
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = self._start("serve", "--port", str(self.port))
@@ -259,7 +260,7 @@ class Stack:
 
     def busy_workers(self) -> list[int]:
         """The indexes of the workers that are running a chunk."""
-        busy = busy_worker_pids(load_settings(self.env))
+        busy = busy_worker_pids(self.settings)
         return [index for index, worker in enumerate(self.workers) if worker.pid in busy]
 
     def replace_worker(self, index: int) -> None:

@@ -336,8 +336,7 @@ def test_django_masked_csrf_tokens_are_unmasked():
 def test_a_worker_killed_mid_run_writes_every_frame_once(stack, cvat):
     task = cvat.task(THING, COCO_IMAGES[:96])  # three chunks, one per CVAT chunk of 32 frames
     rid = run_probe(stack, task["id"])
-    wait_until(lambda: stack.ok("GET", f"/api/lambda/requests/{rid}")["frames"]["done"] >= 16, 60, "frames to be done")
-    # Whichever worker runs a chunk now (the other may be between chunks, or done with its own).
+    # Whichever worker runs a chunk first (the run takes seconds at 50 ms a frame).
     index = wait_until(stack.busy_workers, 30, "a worker to be running a chunk", 0.01)[0]
     victim = stack.workers[index]
     victim.kill()

@@ -417,7 +417,7 @@ def scrape(stack) -> dict:
 def test_a_worker_killed_mid_chunk_costs_nothing(stack):
     task = stack.task(THING, COCO_IMAGES[:64])
     rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
-    wait_until(lambda: stack.ok("GET", f"/api/lambda/requests/{rid}")["frames"]["done"] >= 16, 60, "a chunk to finish")
+    # At 50 ms a frame the run takes seconds: the first worker seen in a chunk is the one to kill.
     index = wait_until(stack.busy_workers, 30, "a worker to be running a chunk", 0.01)[0]
     victim = stack.workers[index]
     victim.kill()  # the host going down, mid-chunk
