@@ -6,17 +6,6 @@ import pytest
 
 from helpers import FACE_FUNCTION, postgres_database, serve_function
 
-# The suite runs on pytest-xdist's workers (pyproject.toml's addopts), a module whole on one worker:
-# its module-scoped servers start once, and the Redis database it uses is its own while it runs.
-# Modules that share a database are one group, run one after the other.
-SHARED_REDIS_DATABASE = {"test_api_fuzz.py": "redis-db-1", "test_dispatcher_hardening.py": "redis-db-1"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
-def pytest_collection_modifyitems(items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(SHARED_REDIS_DATABASE.get(item.path.name, item.path.name)))
-
 
 @pytest.fixture(scope="session")
 def face_models():
