@@ -88,12 +88,13 @@ def _export(settings: dispatcher_settings.Settings, args: argparse.Namespace) ->
     """What ``GET /api/tasks/<id>/export`` answers, read from the task store (DATA_DIR, DATABASE_URL)."""
     import json
 
-    from dispatcher.store import InvalidInput, NotFound, Store
+    from dispatcher.backends import open_store
+    from dispatcher.store import InvalidInput, NotFound
 
     if settings.cvat_url is not None:
         print("error: with CVAT_URL the tasks are CVAT's: export them from CVAT", file=sys.stderr)
         return 2
-    store = Store(settings.database_url, settings.data_dir, settings.server_files_root, settings.max_image_pixels)
+    store = open_store(settings, worker=False)
     try:
         if args.format == "coco":
             content = json.dumps(store.export_coco(args.task, args.category_ids == "coco"))

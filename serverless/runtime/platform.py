@@ -172,6 +172,18 @@ def _files_under(root: Path) -> frozenset[tuple[str, int, float]]:
     return frozenset(found)
 
 
+async def _ended(process: asyncio.subprocess.Process, grace: float = 10) -> None:
+    """A processor stopped: SIGTERM, and SIGKILL if it has not exited ``grace`` seconds later."""
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
 class Platform:
     def __init__(self, tree: Path, host: str, gpu: bool = False, only: set[str] | None = None,
                  remote: dict[str, str] | None = None):
@@ -198,15 +210,7 @@ class Platform:
     async def stop(self) -> None:
         if self._monitor:
             self._monitor.cancel()
-        running = [f.process for f in self.functions.values() if f.process and f.process.returncode is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        for process in running:
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await asyncio.gather(*(_ended(f.process) for f in self.functions.values() if f.process))
         await self.client.aclose()
 
     async def _watch(self) -> None:
@@ -231,13 +235,7 @@ class Platform:
         log.info("platform: model files changed under %s; starting again: %s", self.models_dir,
                  ", ".join(f.name for f in failed))
         for function in failed:
-            if function.process.returncode is None:
-                function.process.terminate()
-                try:
-                    await asyncio.wait_for(function.process.wait(), 10)
-                except TimeoutError:
-                    function.process.kill()
-                    await function.process.wait()
+            await _ended(function.process)
             await self._spawn(function)
 
     async def _spawn(self, function: ManagedFunction) -> None:
