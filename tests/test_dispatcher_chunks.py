@@ -15,7 +15,7 @@ import pytest
 import redis
 import rq
 
-from dispatcher import reid
+from dispatcher import batches, reid
 from dispatcher import settings as dispatcher_settings
 from dispatcher.call_slots import CallSlots
 from dispatcher.chunks import WorkerServices, run_chunk
@@ -154,8 +154,11 @@ class RecordingRegistry(Registry):
         return super().call(function, payload, replica)
 
 
-def test_batched_calls_give_what_one_frame_per_call_gives(services, platform):
+def test_batched_calls_give_what_one_frame_per_call_gives(services, platform, monkeypatch):
     # YOLO's function.yaml allows 16 frames per call; a copy that allows 1 is what CVAT would send.
+    # Batches are sized to take BATCH_SECONDS: on a loaded machine a YOLO frame can take over half of
+    # the default, which leaves every batch one frame. With a minute, every machine batches.
+    monkeypatch.setattr(batches, "BATCH_SECONDS", 60.0)
     registry = RecordingRegistry(Gateway(dispatcher_settings.load({"NUCLIO_URL": platform.url})))
     batched = dataclasses.replace(services, registry=registry)
     results = {}
