@@ -22,6 +22,7 @@ import yaml
 from cvat_sdk.masks import decode_mask
 
 from dispatcher.folder import free_port, stop_process
+from dispatcher.request_book import key_prefix
 from dispatcher.settings import load as load_settings
 from dispatcher.worker import busy_worker_pids
 
@@ -262,6 +263,12 @@ class Stack:
         """The indexes of the workers that are running a chunk."""
         busy = busy_worker_pids(self.settings)
         return [index for index, worker in enumerate(self.workers) if worker.pid in busy]
+
+    def calls_in_flight(self, function_id: str) -> int:
+        """The calls the workers have out to a function now: its call slots' leases in Redis."""
+        prefix = key_prefix(self.settings.deployment_namespace)
+        with redis.Redis.from_url(self.redis_url) as client:
+            return sum(client.zcard(key) for key in client.scan_iter(f"{prefix}:slots:{function_id}@*"))
 
     def replace_worker(self, index: int) -> None:
         self.workers[index] = self._start("worker")

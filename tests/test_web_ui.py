@@ -840,6 +840,8 @@ def test_cancelling_is_shown_until_the_last_chunk_stops(page, stack):
     sign_in(page, stack, f"#/tasks/{task['id']}")
     running = page.locator("article.request").filter(has_text="probe-stuck")
     expect(running).to_have_attribute("data-status", "started")
+    # Started is not yet calling: a cancel seen before the first call stops the run at once.
+    wait_until(lambda: stack.calls_in_flight("probe-stuck"), 30, "a call to be in flight")
     running.get_by_role("button", name="Cancel").click()
     expect(running).to_have_attribute("data-status", "cancelling")
     expect(running.locator(".status")).to_have_text("Cancelling…")
