@@ -52,6 +52,9 @@ def platform(tmp_path_factory, face_models):
             "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432,
             "spec.platform.attributes.restartPolicy": {"name": "always", "maximumRetryCount": 3}}
     copy_function(PROBE, tree / "slow", **{"metadata.name": "probe-slow", **slow})
+    # 0.25 s a frame: a 64-frame run lasts ~8 s, long enough to find a worker mid-chunk on a busy machine.
+    copy_function(PROBE, tree / "steady", **{"metadata.name": "probe-steady", **slow,
+                                             "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0.25"}]})
     # One worker, 1 s per call, no patience for a second caller: chunks running side by side must
     # share its one worker; calling it at once would get 503s, more than retries can absorb.
     copy_function(PROBE, tree / "one", **{"metadata.name": "probe-one", **slow,
@@ -416,8 +419,9 @@ def scrape(stack) -> dict:
 
 def test_a_worker_killed_mid_chunk_costs_nothing(stack):
     task = stack.task(THING, COCO_IMAGES[:64])
-    rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task["id"]})["id"]
-    # At 50 ms a frame the run takes seconds: the first worker seen in a chunk is the one to kill.
+    rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-steady", "task": task["id"]})["id"]
+    # The first worker seen in a chunk is the one to kill. At 50 ms a frame the whole run could end
+    # while a busy machine kept this test from looking.
     index = wait_until(stack.busy_workers, 30, "a worker to be running a chunk", 0.01)[0]
     victim = stack.workers[index]
     victim.kill()  # the host going down, mid-chunk

@@ -54,9 +54,10 @@ def platform(tmp_path_factory):
                                            "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0.25"}],
                                            "spec.eventTimeout": "30s",
                                            "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
-    # 4 s per frame: a run asked to cancel keeps its calls in flight for seconds ("Cancelling…").
+    # 10 s per frame: a run asked to cancel keeps its calls in flight for seconds ("Cancelling…"),
+    # longer than a busy machine may take between seeing a call out and the click landing.
     copy_function(PROBE, tree / "stuck", **{"metadata.name": "probe-stuck", "metadata.annotations.name": "Stuck probe",
-                                            "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "4"}],
+                                            "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "10"}],
                                             "spec.eventTimeout": "30s",
                                             "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
     copy_function(PROBE, tree / "masks", **{"metadata.name": "probe-masks", "metadata.annotations.name": "Mask probe",
