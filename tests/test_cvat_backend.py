@@ -151,6 +151,11 @@ def platform(tmp_path_factory):
         "metadata.name": "probe-slow", "spec.eventTimeout": "30s",
         "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0.05"}],
         "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
+    # 0.25 s a frame: a 96-frame run lasts ~12 s, long enough to find a worker mid-chunk on a busy machine.
+    copy_function(PROBE, tree / "steady", **{
+        "metadata.name": "probe-steady", "spec.eventTimeout": "30s",
+        "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0.25"}],
+        "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432})
     with serve_platform(tree) as running:
         yield running
 
@@ -185,8 +190,8 @@ def frames_of(cvat, task_id: int, kind: str = "shapes") -> Counter:
     return Counter(item["frame"] for item in cvat.ok("GET", f"/api/tasks/{task_id}/annotations")[kind])
 
 
-def run_probe(stack, task_id: int, **extra) -> str:
-    return stack.ok("POST", "/api/lambda/requests", json={"function": "probe-slow", "task": task_id, **extra})["id"]
+def run_probe(stack, task_id: int, function: str = "probe-slow", **extra) -> str:
+    return stack.ok("POST", "/api/lambda/requests", json={"function": function, "task": task_id, **extra})["id"]
 
 
 def current_run(stack, request_id: str) -> str:
@@ -335,8 +340,8 @@ def test_django_masked_csrf_tokens_are_unmasked():
 
 def test_a_worker_killed_mid_run_writes_every_frame_once(stack, cvat):
     task = cvat.task(THING, COCO_IMAGES[:96])  # three chunks, one per CVAT chunk of 32 frames
-    rid = run_probe(stack, task["id"])
-    # Whichever worker runs a chunk first (the run takes seconds at 50 ms a frame).
+    rid = run_probe(stack, task["id"], "probe-steady")
+    # Whichever worker runs a chunk first.
     index = wait_until(stack.busy_workers, 30, "a worker to be running a chunk", 0.01)[0]
     victim = stack.workers[index]
     victim.kill()

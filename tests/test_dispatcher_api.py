@@ -52,7 +52,8 @@ def platform(tmp_path_factory, face_models):
             "spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432,
             "spec.platform.attributes.restartPolicy": {"name": "always", "maximumRetryCount": 3}}
     copy_function(PROBE, tree / "slow", **{"metadata.name": "probe-slow", **slow})
-    # 0.25 s a frame: a 64-frame run lasts ~8 s, long enough to find a worker mid-chunk on a busy machine.
+    # 0.25 s a frame: a run of 64-96 frames lasts 8-12 s, long enough on a busy machine to find a
+    # worker mid-chunk, or to stop annotate-folder mid-run.
     copy_function(PROBE, tree / "steady", **{"metadata.name": "probe-steady", **slow,
                                              "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0.25"}]})
     # One worker, 1 s per call, no patience for a second caller: chunks running side by side must
@@ -583,12 +584,12 @@ def test_ctrl_c_cancels_annotate_folder_cleanly(stack, tmp_path):
     # A foreground CLI as a terminal runs it: SIGINT at its default, even when the suite itself was
     # started in the background (where the shell hands SIGINT down ignored, and Python keeps that).
     process = subprocess.Popen([sys.executable, "-m", "dispatcher", "annotate-folder", str(folder), "--function",
-                                "probe-slow", "-o", str(tmp_path / "out.json"), "--api", stack.url],
+                                "probe-steady", "-o", str(tmp_path / "out.json"), "--api", stack.url],
                                cwd=REPO, env={**stack.env}, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def running():
-        requests = [r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["id"] == "probe-slow"
+        requests = [r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["id"] == "probe-steady"
                     and r["status"] == "started" and r["frames"]["done"] > 0]
         return requests[0] if requests else None
 
@@ -616,7 +617,7 @@ def test_sigterm_stops_annotate_folder_and_what_it_started_and_the_export_needs_
     database.flushdb()
     output = tmp_path / "out.json"
     process = subprocess.Popen([sys.executable, "-m", "dispatcher", "annotate-folder", str(folder), "--function",
-                                "probe-slow", "-o", str(output)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                "probe-steady", "-o", str(output)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         started = wait_until(lambda: len(child_pids(process.pid)) == 2 and child_pids(process.pid), 60,
