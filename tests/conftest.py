@@ -6,20 +6,15 @@ import pytest
 
 from helpers import FACE_FUNCTION, postgres_database, serve_function
 
-# pytest-xdist runs the modules side by side (pyproject.toml's addopts), each module whole on one
-# worker: its module-scoped servers start once, and the Redis database it uses is its own while it
-# runs. Modules that share a database are one group, run one after the other.
-SHARED_REDIS_DATABASE = dict.fromkeys(("test_api_fuzz.py", "test_dispatcher_hardening.py", "test_secure_defaults.py"),
-                                      "redis-database-1")
+# pytest-xdist runs the modules side by side (pyproject.toml's addopts: --dist loadfile), each module
+# whole on one worker: its module-scoped servers start once, and the Redis database it uses is its
+# own while it runs (the fuzz test shares database 1 with the hardening tests, so it is one of them).
 # The modules that take a minute or more start first, so that none is left running alone at the end.
 LONGEST_FIRST = ("test_many_hosts.py", "test_cvat_backend.py", "test_compose_stack.py", "test_dispatcher_api.py",
                  "test_dispatcher_recovery.py", "test_dispatcher_resilience.py", "test_web_ui.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
 def pytest_collection_modifyitems(items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(SHARED_REDIS_DATABASE.get(item.path.name, item.path.name)))
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
 

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import psycopg
 import redis
+import rq
 import yaml
 from cvat_sdk.masks import decode_mask
 
@@ -263,6 +264,23 @@ class Stack:
         """The indexes of the workers that are running a chunk."""
         busy = busy_worker_pids(self.settings)
         return [index for index, worker in enumerate(self.workers) if worker.pid in busy]
+
+    def first_busy_worker(self, timeout: float = 30) -> int:
+        """The index of the first worker seen running a chunk; on a timeout, what RQ and the
+        processes said instead."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if busy := self.busy_workers():
+                return busy[0]
+            time.sleep(0.01)
+        with redis.Redis.from_url(self.redis_url) as client:
+            recorded = [(worker.name, worker.pid, worker.get_state(), worker.queue_names())
+                        for worker in rq.Worker.all(connection=client)]
+            queues = {queue.name: queue.count for queue in rq.Queue.all(connection=client)}
+        processes = [(worker.pid, worker.poll()) for worker in self.workers]
+        raise AssertionError(f"no worker ran a chunk within {timeout}s: the workers {processes} (pid, exit code), "
+                             f"RQ's record {recorded}, queues {queues}, "
+                             f"expected queue of namespace {self.settings.deployment_namespace}")
 
     def calls_in_flight(self, function_id: str) -> int:
         """The calls the workers have out to a function now: its call slots' leases in Redis."""

@@ -342,7 +342,7 @@ def test_a_worker_killed_mid_run_writes_every_frame_once(stack, cvat):
     task = cvat.task(THING, COCO_IMAGES[:96])  # three chunks, one per CVAT chunk of 32 frames
     rid = run_probe(stack, task["id"], "probe-steady")
     # Whichever worker runs a chunk first.
-    index = wait_until(stack.busy_workers, 30, "a worker to be running a chunk", 0.01)[0]
+    index = stack.first_busy_worker()
     victim = stack.workers[index]
     victim.kill()
     victim.wait()

@@ -423,7 +423,7 @@ def test_a_worker_killed_mid_chunk_costs_nothing(stack):
     rid = stack.ok("POST", "/api/lambda/requests", json={"function": "probe-steady", "task": task["id"]})["id"]
     # The first worker seen in a chunk is the one to kill. At 50 ms a frame the whole run could end
     # while a busy machine kept this test from looking.
-    index = wait_until(stack.busy_workers, 30, "a worker to be running a chunk", 0.01)[0]
+    index = stack.first_busy_worker()
     victim = stack.workers[index]
     victim.kill()  # the host going down, mid-chunk
     victim.wait()

@@ -4,10 +4,20 @@ invalid metadata) and a cvat-sdk detector, on SQLite and on PostgreSQL. Function
 nuclio names, ids beyond the database's integers, bodies that are too large or come without
 credentials, server files that cannot be resolved, images that cannot be decoded, thresholds that
 are not numbers: each is a 4xx that names the problem, and a 500 that remains closes the connection
-cleanly. No error names an SQL statement or a path outside the server files root."""
+cleanly. No error names an SQL statement or a path outside the server files root.
+
+First, the API fuzzed from its own OpenAPI document by schemathesis (``scripts/fuzz_api.py``): an
+API process of its own with ``API_TOKEN`` set and sent, on the same Redis database, which it
+empties before and after; it runs before this module's servers start, which is why it is here.
+No answer may be a server error, and every answer must be one the document describes (status,
+content type, headers, body schema), with invalid input refused and unsupported methods answered
+405 with ``Allow``. One seeded pass over every operation, 50 examples per operation and phase
+(about 2,600 requests), rather than a time budget: the same requests on any machine and under any
+load. Longer explorations are ``scripts/fuzz_api.py --max-time``'s (README)."""
 
 import io
 import os
+import runpy
 import select
 import socket
 import struct
@@ -19,12 +29,20 @@ import httpx
 import pytest
 from PIL import Image
 
-from helpers import PROBE, TESTDATA, TOKEN, Stack, copy_function, postgres_database, serve_platform, wait_until
+from helpers import PROBE, REPO, TESTDATA, TOKEN, Stack, copy_function, postgres_database, serve_platform, wait_until
 
 SDK_DETECTOR = Path(__file__).with_name("functions") / "sdk-detector"
 BODY_LIMIT = 4 * 2**20
 PNG = TESTDATA / "skimage/astronaut.png"
 THING = [{"name": "car", "type": "rectangle"}]
+fuzz = runpy.run_path(str(REPO / "scripts/fuzz_api.py"))["fuzz"]
+
+
+def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(tmp_path):
+    outcome = fuzz(max_examples=50, redis_db=1, seed_value=20261207, report_dir=tmp_path)
+    assert outcome.requests > 2000, outcome.output[-3000:]
+    assert outcome.server_errors == [], outcome.server_errors[:10]
+    assert outcome.failed_checks == [], outcome.failed_checks[:10]
 
 
 @pytest.fixture(scope="module")
