@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from dispatcher.request_book import FINAL_STATES
 from dispatcher.settings import REPOSITORY, Settings
+from serverless.runtime.ports import free_port
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 UPLOAD_BATCH = 64  # frames per upload request
@@ -45,13 +45,6 @@ def image_files(folder: Path) -> list[Path]:
     if not files:
         raise FolderError(f"{folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the local platform's and API's; scripts and tests use it too)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class LocalProcesses(contextlib.ExitStack):

@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,13 @@ def test_a_function_in_error_loads_model_files_added_after_the_platform_started(
     finally:
         running.close()
 
+
+
+def test_free_ports_come_from_below_the_kernels_range_for_outgoing_connections():
+    # A port from that range can be taken by any connect() before the server binds it.
+    lowest_outgoing = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) > 1 and all(10000 <= port < lowest_outgoing for port in ports)
+    for port in ports:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", port))

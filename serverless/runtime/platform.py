@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from starlette.routing import Route
 from serverless.common import settings
 from serverless.common.handler import token_problem
 from serverless.runtime import config as function_config
+from serverless.runtime.ports import free_port
 from serverless.runtime.processor import READY_PATH
 
 log = logging.getLogger("serverless.runtime")
@@ -155,12 +155,6 @@ def _should_restart(function: ManagedFunction, code: int) -> bool:
     return wanted and (limit == 0 or function.restarts < limit)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 def _files_under(root: Path) -> frozenset[tuple[str, int, float]]:
     """Every file under ``root`` (symlinks followed) with its size and modification time."""
     found = set()
@@ -201,7 +195,7 @@ class Platform:
             if function.url:  # remote: its port is the one in its URL
                 function.port = urlsplit(function.url).port or 80
                 continue
-            function.port = function.config.trigger.port or _free_port(self.host)
+            function.port = function.config.trigger.port or free_port(self.host)
             function.url = f"http://{self.host}:{function.port}"
             await self._spawn(function)
         log.info("platform: %d function(s): %s", len(self.functions), ", ".join(sorted(self.functions)))
