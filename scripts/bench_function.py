@@ -16,7 +16,6 @@ import base64
 import importlib
 import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import httpx
 import nuclio_sdk
+
+from serverless.runtime.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO.parent / "shared/testdata/coco128-val2017/images"
@@ -77,9 +78,7 @@ def in_process(function_dir: Path, bodies: list[dict], repeat: int) -> dict:
 
 
 def over_http(function_dir: Path, bodies: list[dict], repeat: int, concurrency: int) -> tuple[list[dict], float]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     processor = subprocess.Popen([sys.executable, "-m", "serverless.runtime", "serve", str(function_dir),
                                   "--port", str(port)], cwd=REPO, stderr=subprocess.DEVNULL)
     try:

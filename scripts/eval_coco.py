@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pycocotools.cocoeval import COCOeval
 
 from dispatcher.store.coco_categories import coco_name
 from serverless.common.metadata import FunctionMeta
+from serverless.runtime.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_SUBSET = REPO.parent / "shared/testdata/coco128-val2017"
@@ -51,9 +51,7 @@ def coco_category_ids(function_yaml: Path, categories: list[dict]) -> dict[str, 
 
 @contextlib.contextmanager
 def served(function_dir: Path, env: dict[str, str]):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "serverless.runtime", "serve", str(function_dir),
                                 "--port", str(port)],
                                cwd=REPO, env={**os.environ, **env}, stderr=subprocess.DEVNULL)

@@ -268,11 +268,10 @@ class Stack:
     def first_busy_worker(self, timeout: float = 30) -> int:
         """The index of the first worker seen running a chunk; on a timeout, what RQ and the
         processes said instead."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if busy := self.busy_workers():
-                return busy[0]
-            time.sleep(0.01)
+        try:
+            return wait_until(self.busy_workers, timeout, "a worker to be running a chunk", 0.01)[0]
+        except AssertionError:
+            pass
         with redis.Redis.from_url(self.redis_url) as client:
             recorded = [(worker.name, worker.pid, worker.get_state(), worker.queue_names())
                         for worker in rq.Worker.all(connection=client)]
@@ -283,10 +282,12 @@ class Stack:
                              f"expected queue of namespace {self.settings.deployment_namespace}")
 
     def calls_in_flight(self, function_id: str) -> int:
-        """The calls the workers have out to a function now: its call slots' leases in Redis."""
+        """The calls the workers have out to a function now: its call slots' leases in Redis that
+        have not lapsed (each is scored by its expiry)."""
         prefix = key_prefix(self.settings.deployment_namespace)
         with redis.Redis.from_url(self.redis_url) as client:
-            return sum(client.zcard(key) for key in client.scan_iter(f"{prefix}:slots:{function_id}@*"))
+            return sum(client.zcount(key, time.time(), "+inf")
+                       for key in client.scan_iter(f"{prefix}:slots:{function_id}@*"))
 
     def replace_worker(self, index: int) -> None:
         self.workers[index] = self._start("worker")

@@ -293,7 +293,6 @@ def test_a_function_in_error_loads_model_files_added_after_the_platform_started(
         running.close()
 
 
-
 def test_free_ports_come_from_below_the_kernels_range_for_outgoing_connections():
     # A port from that range can be taken by any connect() before the server binds it.
     lowest_outgoing = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
