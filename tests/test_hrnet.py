@@ -28,6 +28,7 @@ ASTRONAUT = TESTDATA / "skimage/astronaut.png"  # 512 x 512
 
 mh = function_module(HRNET_FUNCTION)
 net = function_module(HRNET_FUNCTION, "network")
+zi = function_module(HRNET_FUNCTION, "zoom_in")
 
 # coco_lvis_h18_itermask's model (RITM models/iter_mask/hrnet18_cocolvis_itermask_3p.py):
 # HRNetModel(width=18, ocr_width=64, with_aux_output=True, use_leaky_relu=True, use_rgb_conv=False,
@@ -274,21 +275,21 @@ def test_object_roi_grows_to_the_minimum_crop_and_is_clipped():
     mask[100:140, 50:100] = True  # rows 100..139, columns 50..99
     # Height 40 * 1.4 = 56 -> 200 about row 119.5: round(19.5) = 20, round(219.5) = 220 (half to even).
     # Width 50 * 1.4 = 70 -> 200 about column 74.5: round(-25.5) = -26 -> 0, round(174.5) = 174.
-    assert mh.object_roi(mask, []) == (20, 220, 0, 174)
+    assert zi.object_roi(mask, []) == (20, 220, 0, 174)
     # A positive click outside the mask stretches the box; a negative one does not.
     big = np.zeros((600, 800), bool)
     big[100:400, 300:600] = True  # 300 x 300 -> 420 x 420 about (249.5, 449.5)
-    assert mh.object_roi(big, [mh.Click(10, 10, False)]) == (40, 460, 240, 660)
+    assert zi.object_roi(big, [mh.Click(10, 10, False)]) == (40, 460, 240, 660)
     # With a click at (49, 300): rows 49..399 (351 -> 491.4, centre 224): round(-21.7) -> 0, round(469.7) = 470.
-    assert mh.object_roi(big, [mh.Click(49.6, 300, True)]) == (0, 470, 240, 660)
+    assert zi.object_roi(big, [mh.Click(49.6, 300, True)]) == (0, 470, 240, 660)
     # A click on the right edge (x == W) is taken as the last column.
-    assert mh.object_roi(np.zeros((300, 300), bool), [mh.Click(150, 300, True)])[3] == 299
+    assert zi.object_roi(np.zeros((300, 300), bool), [mh.Click(150, 300, True)])[3] == 299
 
 
 def test_crop_size_and_click_mapping():
     roi = (20, 220, 0, 174)  # 201 x 175
-    assert mh.crop_size(roi) == (400, 348)  # 175 * 400 / 201 = 348.26
-    zoom = mh.ZoomIn()
+    assert zi.crop_size(roi) == (400, 348)  # 175 * 400 / 201 = 348.26
+    zoom = zi.ZoomIn()
     zoom.prev_probs = torch.zeros(1, 1, 600, 800)
     zoom.prev_probs[0, 0, 100:140, 50:100] = 0.9
     net_input = torch.rand(1, 4, 600, 800)
@@ -307,7 +308,7 @@ def test_crop_size_and_click_mapping():
 
 
 def test_roi_is_kept_while_clicks_stay_inside_and_it_overlaps():
-    zoom = mh.ZoomIn()
+    zoom = zi.ZoomIn()
     zoom.roi = (30, 270, 30, 270)
     zoom.prev_probs = torch.zeros(1, 1, 600, 800)
     zoom.prev_probs[0, 0, 100:200, 100:200] = 1
@@ -322,7 +323,7 @@ def test_roi_is_kept_while_clicks_stay_inside_and_it_overlaps():
     zoom.roi = (0, 300, 0, 300)
     zoom.transform(torch.zeros(1, 4, 600, 800), [mh.Click(150, 150, True), mh.Click(5, 5, False)])
     assert zoom.roi == (50, 250, 50, 250)
-    assert mh.roi_iou((0, 9, 0, 9), (5, 14, 0, 9)) == pytest.approx(5 / 15)
+    assert zi.roi_iou((0, 9, 0, 9), (5, 14, 0, 9)) == pytest.approx(5 / 15)
 
 
 def test_first_click_runs_on_the_whole_image_and_later_ones_zoom(network):

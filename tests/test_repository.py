@@ -99,3 +99,11 @@ def test_no_code_cites_a_document_outside_the_repository():
         text = path.read_text(errors="replace")
         for outside in ("cvat-compat", "shared/docs", "architecture.md's"):
             assert outside not in text, f"{path.relative_to(REPO)} cites {outside!r}, which is not in the repository"
+
+
+def test_shared_modules_hold_one_concern_each():
+    """No module of the dispatcher or the shared toolkit grows past ~500 lines: one that does is
+    holding several reasons to change and is split, as the store and the sdk were."""
+    for path in [*(REPO / "dispatcher").rglob("*.py"), *(REPO / "serverless/common").rglob("*.py")]:
+        lines = len(path.read_text().splitlines())
+        assert lines <= 500, f"{path.relative_to(REPO)} has {lines} lines"

@@ -31,14 +31,13 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import JSON, Boolean, Column, Integer, MetaData, String, Table, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from stream_unzip import NotStreamUnzippable, UnzipError, stream_unzip
 
 from dispatcher.converter import TaskAttribute, TaskLabel
 from dispatcher.cvat.client import READ_PATIENCE, CvatClient, CvatUnavailable
 from dispatcher.store import InvalidInput, NotFound
 from dispatcher.store.request_records import RequestRecords
-from dispatcher.store.rows import hold_run
+from dispatcher.store.rows import hold_run, upsert
 from dispatcher.store.tables import metadata as store_metadata
 from dispatcher.store.tables import open_engine, request_records, request_units
 
@@ -75,7 +74,6 @@ class CvatStore:
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self._engine = open_engine(database_url or f"sqlite:///{data_dir / 'dispatcher.sqlite3'}")
-        self._postgres = self._engine.dialect.name == "postgresql"
         metadata.create_all(self._engine)
         store_metadata.create_all(self._engine, tables=[request_records, request_units])
         self.request_records = RequestRecords(self._engine, self.written_frames)
@@ -212,9 +210,6 @@ class CvatStore:
 
     # Runs and their writes
 
-    def _upsert(self, table: Table):
-        return (postgresql.insert if self._postgres else sqlite.insert)(table)
-
     def begin_run(self, request_id: str, run: str, task_id: int, job_id: int | None = None,
                   cleanup: bool = False) -> None:
         """Make ``run`` the request's run (earlier runs of the id write nothing from now on) and, for
@@ -222,8 +217,8 @@ class CvatStore:
         own way, at the start of the run."""
         with self._engine.begin() as connection:
             previous = connection.execute(select(cvat_runs.c.run).where(cvat_runs.c.request_id == request_id)).first()
-            upsert = self._upsert(cvat_runs)
-            connection.execute(upsert.values(request_id=request_id, run=run, task_id=task_id, tracks_written=False)
+            connection.execute(upsert(connection, cvat_runs)
+                               .values(request_id=request_id, run=run, task_id=task_id, tracks_written=False)
                                .on_conflict_do_update(index_elements=[cvat_runs.c.request_id],
                                                       set_={"run": run, "task_id": task_id, "tracks_written": False}))
             if previous is not None:

@@ -1,7 +1,8 @@
 """The task store (standalone mode): tasks, labels, jobs, frames and annotations in CVAT's REST
 shapes, on SQLite by default and PostgreSQL through ``DATABASE_URL``.
 
-- ``store``: the ``Store`` the API and the workers use;
+- ``store``: the ``Store`` the API and the workers use, made of its own methods (tasks, labels,
+  jobs, annotations, exports), ``frame_files.FrameFiles`` and ``request_writes.RequestWrites``;
 - ``tables``: the tables and the engine; ``rows``: statements the parts share;
 - ``validation``: what is accepted (labels, image files, annotations), with messages naming the field;
 - ``server_files``: files under ``SERVER_FILES_ROOT``, confined to it;

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from dispatcher.store.rows import upsert
 from dispatcher.store.tables import request_records, request_units
 
 
@@ -22,11 +22,7 @@ class RequestRecords:
     def __init__(self, engine, written_frames: Callable[[str, str], set[int]]):
         """``written_frames(request_id, run)``: the frames the store holds that run's results of."""
         self._engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
         self._written_frames = written_frames
-
-    def _upsert(self):
-        return (postgresql.insert if self._postgres else sqlite.insert)(request_records)
 
     def create(self, record: dict) -> None:
         """The request id's new current run (``record``: the table's columns less the bookkeeping);
@@ -38,9 +34,9 @@ class RequestRecords:
                 request_records.c.request_id == record["request_id"])).scalar()
             if previous is not None:
                 connection.execute(delete(request_units).where(request_units.c.run == previous))
-            upsert = self._upsert().values(row)
-            connection.execute(upsert.on_conflict_do_update(index_elements=[request_records.c.request_id],
-                                                            set_={key: upsert.excluded[key] for key in row}))
+            statement = upsert(connection, request_records).values(row)
+            connection.execute(statement.on_conflict_do_update(index_elements=[request_records.c.request_id],
+                                                               set_={key: statement.excluded[key] for key in row}))
 
     def _update(self, run: str, *conditions, **values) -> bool:
         with self._engine.begin() as connection:
@@ -70,16 +66,16 @@ class RequestRecords:
 
     def unit_failed(self, run: str, unit: int, reason: str) -> None:
         """A unit done already (ReID's matched pair) stays done."""
-        insert = (postgresql.insert if self._postgres else sqlite.insert)(request_units)
         with self._engine.begin() as connection:
-            connection.execute(insert.values(run=run, unit=unit, reason=reason, links=None).on_conflict_do_nothing())
+            connection.execute(upsert(connection, request_units)
+                               .values(run=run, unit=unit, reason=reason, links=None).on_conflict_do_nothing())
 
     def unit_matched(self, run: str, unit: int, links: list[list[int]]) -> None:
         """ReID: a frame pair done, with its matched annotation id pairs."""
-        insert = (postgresql.insert if self._postgres else sqlite.insert)(request_units)
         with self._engine.begin() as connection:
-            connection.execute(insert.values(run=run, unit=unit, reason=None, links=links).on_conflict_do_update(
-                index_elements=[request_units.c.run, request_units.c.unit], set_={"reason": None, "links": links}))
+            connection.execute(upsert(connection, request_units).values(run=run, unit=unit, reason=None, links=links)
+                               .on_conflict_do_update(index_elements=[request_units.c.run, request_units.c.unit],
+                                                      set_={"reason": None, "links": links}))
 
     def get(self, request_id: str) -> dict | None:
         with self._engine.begin() as connection:

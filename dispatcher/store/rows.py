@@ -5,12 +5,28 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatcher.store.errors import NotFound, StaleRun
 from dispatcher.store.tables import annotations, attributes, frames, jobs, labels, tasks
 
 BATCH = 5000  # frames per IN (...) list, well below SQLite's and PostgreSQL's parameter limits
+
+
+def upsert(connection, table: Table):
+    """INSERT that can take an ON CONFLICT clause: SQLite and PostgreSQL spell it alike, each in
+    its own dialect's construct."""
+    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def touch(connection, task_id: int, frames: bool = False) -> None:
+    """The task changed now (its frames too, with ``frames``): CVAT's ``updated_date``, which
+    cvat-sdk's cache of the task is keyed on. Each write calls it last, in its transaction, so
+    the row lock it takes is held only while that transaction commits."""
+    now = datetime.now(UTC)
+    values = {"updated_date": now, "data_updated_date": now} if frames else {"updated_date": now}
+    connection.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
 
 
 def task_row(connection, task_id: int, for_update: bool = False):
