@@ -107,3 +107,20 @@ def test_shared_modules_hold_one_concern_each():
     for path in [*(REPO / "dispatcher").rglob("*.py"), *(REPO / "serverless/common").rglob("*.py")]:
         lines = len(path.read_text().splitlines())
         assert lines <= 500, f"{path.relative_to(REPO)} has {lines} lines"
+
+
+def test_the_readmes_layout_names_every_module_and_script():
+    readme = (REPO / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)]
+    by_name = [*(REPO / "dispatcher").glob("*.py"), *(REPO / "serverless/common").glob("*.py"),
+               *(REPO / "serverless/runtime").glob("*.py"), *(REPO / "scripts").iterdir(), *(REPO / "deploy").iterdir()]
+    by_stem = [*(REPO / "dispatcher/store").glob("*.py"), *(REPO / "dispatcher/cvat").glob("*.py"),
+               *(REPO / "serverless/common/sdk").glob("*.py")]
+    unnamed = [path.relative_to(REPO).as_posix() for path in by_name if path.name not in layout
+               and path.name not in ("__init__.py", "__main__.py", "README.md")]
+    unnamed += [path.relative_to(REPO).as_posix() for path in by_stem if path.stem not in layout
+                and path.name != "__init__.py"]
+    unnamed += [path.relative_to(REPO).as_posix() for path in (REPO / "dispatcher").iterdir()
+                if path.is_dir() and path.name != "__pycache__" and f"{path.name}/" not in layout]
+    assert not unnamed, f"README's Layout does not name {unnamed}"
