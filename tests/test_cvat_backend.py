@@ -50,7 +50,9 @@ class FaultyProxy:
       it reaches CVAT, as a busy front end or a queue before CVAT's workers would;
     - with ``cut = n``, the next chunk download stops after n bytes (the connection drops);
     - with ``rezip``, chunks are written again as ZIPs whose members' sizes come after their data
-      (as ``zipfile`` writes to a pipe): valid, but not readable front to back."""
+      (as ``zipfile`` writes to a pipe): valid, but not readable front to back;
+    - for the task ids in ``videos``, data/meta answers as CVAT does for a video: one frame entry,
+      standing for every frame."""
 
     def __init__(self, target: str):
         self.target = target
@@ -59,6 +61,7 @@ class FaultyProxy:
         self.hold: tuple[str, float] | None = None
         self.cut: int | None = None
         self.rezip = False
+        self.videos: set[int] = set()
         self.lost: list[str] = []
         self.unreachable = 0  # calls made while CVAT was down
         self.stalled: Counter = Counter()  # calls by method that CVAT answered only after CVAT_TIMEOUT
@@ -96,6 +99,9 @@ class FaultyProxy:
                 content, chunk = reply.content, "type=chunk" in self.path
                 if chunk and proxy.rezip:
                     content = zip_to_a_pipe(content)
+                if any(self.path == f"/api/tasks/{task}/data/meta" for task in proxy.videos):
+                    meta = json.loads(content)
+                    content = json.dumps({**meta, "frames": meta["frames"][:1]}).encode()
                 self.send_response(reply.status_code)
                 for key, value in reply.headers.items():
                     if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
@@ -287,6 +293,25 @@ def test_frames_come_from_cvats_chunks_however_they_arrive(cvat, proxy, tmp_path
             store.close()
         assert proxy.cut is None  # the fault happened
     proxy.rezip = False
+
+
+def test_a_region_on_a_video_task(stack, cvat, proxy):
+    """A video's data/meta lists its frame size once: a region is checked against that size on
+    every frame, online and offline."""
+    task = cvat.task(THING, [COCO_IMAGES[0]] * 3)
+    proxy.videos.add(task["id"])
+    meta = httpx.get(f"{proxy.url}/api/tasks/{task['id']}/data/meta", headers={"Authorization": f"Token {TOKEN}"})
+    (frame,) = meta.json()["frames"]  # as CVAT answers for a video
+    width, height = frame["width"], frame["height"]
+    region = [width // 2, 0, width, height]
+    shapes = stack.ok("POST", "/api/lambda/functions/probe-slow", json={"task": task["id"], "frame": 2,
+                                                                        "roi": region})["shapes"]
+    assert shapes and all(min(shape["points"][0::2]) >= width // 2 for shape in shapes)
+    final = stack.wait(run_probe(stack, task["id"], roi=region))
+    assert (final["status"], final["frames"]["done"]) == ("finished", 3)
+    assert stack.error("POST", "/api/lambda/requests", 400, json={
+        "function": "probe-slow", "task": task["id"], "roi": [0, 0, width + 1, height]}) == \
+        f"ROI is outside the image: frame 0 is {width}x{height}"
 
 
 # Who may do what

@@ -163,12 +163,19 @@ class CvatStore:
     def _meta(self, task_id: int) -> dict:
         return self._remember(("meta", task_id), lambda: self.cvat.data_meta(task_id))
 
+    def _frames(self, task_id: int) -> list[dict]:
+        """data/meta's frame entries, one per frame of the task: CVAT lists a video once, its one
+        entry standing for every frame."""
+        meta = self._meta(task_id)
+        frames = meta["frames"]
+        return frames * meta["size"] if len(frames) == 1 and meta.get("size", 1) > 1 else frames
+
     def frames_meta(self, task_id: int) -> dict:
-        frames = self._meta(task_id)["frames"]
+        frames = self._frames(task_id)
         return {"frames": [{"name": f["name"], "width": f["width"], "height": f["height"]} for f in frames]}
 
     def frame_size(self, task_id: int, frame: int) -> tuple[int, int]:
-        frames = self._meta(task_id)["frames"]
+        frames = self._frames(task_id)
         if not 0 <= frame < len(frames):
             raise NotFound(f"task {task_id} has no frame {frame}")
         return frames[frame]["width"], frames[frame]["height"]
