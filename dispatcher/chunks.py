@@ -462,7 +462,9 @@ def finish_if_complete(services: WorkerServices, run: str) -> None:
     if request["kind"] == "reid":
         task = request["task"]
         frames = services.store.target_frames(task, request["job"])
-        last_frame = services.store.get_task(task)["size"] - 1
+        # The target's last frame, as CVAT's: a path reaching a job's end is not closed in the next job.
+        last_frame = (services.store.get_job(request["job"])["stop_frame"] if request["job"] is not None
+                      else services.store.get_task(task)["size"] - 1)
         try:
             services.store.replace_with_tracks(request["id"], run, task, frames,
                                                lambda rectangles: reid.link(rectangles, book.links(run), last_frame),

@@ -38,8 +38,8 @@ def checked_matching(reply, boxes0: list, boxes1: list) -> list[list[int]]:
 def link(rectangles: dict[int, list[dict]], links: dict[int, list[list[int]]], last_frame: int) -> list[dict]:
     """Tracks from rectangles (annotation objects with ids, by frame) and the matched id pairs per
     frame pair: one track per path, every rectangle in exactly one. A path that ends before the
-    task's ``last_frame`` gets a closing ``outside`` copy on the next frame, as CVAT's ReID does, or
-    the track would run on to the end of the task."""
+    target's ``last_frame`` (the task's, or the job's) gets a closing ``outside`` copy on the next
+    frame, as CVAT's ReID does, or the track would run on to the end of the task."""
     box_by_id = {box["id"]: box for boxes in rectangles.values() for box in boxes}
     path_of: dict[int, list[dict]] = {}
     paths: list[list[dict]] = []
