@@ -13,6 +13,7 @@ from collections import Counter
 import httpx
 import numpy as np
 import pytest
+from cvat_sdk.masks import decode_mask
 from PIL import Image
 
 from helpers import PROBE, REPO, TESTDATA, TOKEN, Stack, copy_function, serve_platform, wait_until
@@ -135,9 +136,11 @@ def test_cvat_sdk_token_scheme_is_accepted(stack):
 def test_a_detector_on_a_region_finds_what_it_finds_on_the_crop_in_frame_coordinates(stack):
     frame = png(ZIDANE)
     task = upload(stack, yolo_labels(stack), [("zidane.png", frame)])
+    (job,) = stack.jobs(task["id"])
     region = [600, 40, 1280, 720]  # the right-hand player and his tie, not the left-hand one
-    body = {"task": task["id"], "frame": 0, "threshold": 0.2, "roi": region, "type": "annotate_frame",
-            "cleanup": False, "mapping": None}
+    # The UI's body in the annotation view: the job and its task, and keys we have no use for.
+    body = {"job": job["id"], "task": task["id"], "frame": 0, "threshold": 0.2, "roi": region,
+            "type": "annotate_frame", "cleanup": False, "mapping": None}
     shapes = stack.ok("POST", f"/api/lambda/functions/{YOLO}", json=body)["shapes"]
     assert shapes
     xtl, ytl, xbr, ybr = region
@@ -182,10 +185,11 @@ def test_a_jpeg_frame_is_cropped_and_re_encoded_as_jpeg(stack):
 def test_an_interactor_on_a_region_answers_a_full_frame_mask(stack):
     frame = png(BUS, (405, 540))
     task = upload(stack, [{"name": "bus", "type": "mask"}], [("bus.png", frame)])
+    (job,) = stack.jobs(task["id"])
     region = [0, 100, 405, 460]
     clicks = {"pos_points": [[200, 300]], "neg_points": [[20, 120]]}
     reply = stack.ok("POST", f"/api/lambda/functions/{GRABCUT}",
-                     json={"task": task["id"], "frame": 0, "roi": region, **clicks, "obj_bbox": None})
+                     json={"job": job["id"], "task": task["id"], "frame": 0, "roi": region, **clicks, "obj_bbox": None})
     mask = np.asarray(reply["mask"])
     assert mask.shape == (540, 405) and mask.any()
     assert not mask[:100].any() and not mask[460:].any()  # nothing outside the region
@@ -198,6 +202,18 @@ def test_an_interactor_on_a_region_answers_a_full_frame_mask(stack):
         "task": task["id"], "frame": 0, "roi": region, **clicks, "mask_format": "cvat_rle"})
     ys, xs = np.nonzero(mask)
     assert compact["size"] == [540, 405] and compact["rle"][-4:] == [xs.min(), ys.min(), xs.max(), ys.max()]
+    # CVAT 2.60+'s shapes reply (§9.3), asked for with mask_format: one mask shape with its
+    # confidence, in frame coordinates, covering exactly the default reply's mask.
+    (shape,) = stack.ok("POST", f"/api/lambda/functions/{GRABCUT}", json={
+        "task": task["id"], "frame": 0, "roi": region, **clicks, "mask_format": "shapes"})["shapes"]
+    assert shape["type"] == "mask" and [a["spec_id"] for a in shape["attributes"]] == [0]
+    assert 0 < float(shape["attributes"][0]["value"]) <= 1
+    np.testing.assert_array_equal(decode_mask(shape["points"], image_width=405, image_height=540), mask == 255)
+    # Without a region the dispatcher hands the function's shapes reply on as it came.
+    direct = call_function(stack, GRABCUT, {"image": base64.b64encode(frame).decode(), **clicks,
+                                            "mask_format": "shapes"})
+    assert stack.ok("POST", f"/api/lambda/functions/{GRABCUT}", json={
+        "task": task["id"], "frame": 0, **clicks, "mask_format": "shapes"}) == direct
     assert stack.error("POST", f"/api/lambda/functions/{GRABCUT}", 400, json={
         "task": task["id"], "frame": 0, "roi": region, "pos_points": [[200, 50]], "neg_points": []}) == \
         "pos_points[0]: [200, 50] is outside the ROI [0, 100, 405, 460]"
@@ -221,6 +237,57 @@ def test_roi_is_refused_for_kinds_that_cannot_use_it(stack):
 
 # 9.2 offline, and 9.5: the Automatic annotation dialog, polling, cancel
 
+REQUEST_KEYS = {"id", "function", "status", "progress", "enqueued", "started", "ended", "exc_info"}  # §3.7
+
+
+def test_the_dialogs_run_listed_polled_and_canceled_as_the_ui_does(stack):
+    """The UI's session on a real detector: the listing probe, the dialog's request, the request
+    list filtered to queued/started with each polled by id, Cancel, and at once the dialog again on
+    the same task, now with a region."""
+    task = upload(stack, yolo_labels(stack), [(f"{n}.png", png(ZIDANE, (320, 180))) for n in range(160)])
+    assert stack.http.head("/api/lambda/functions").status_code == 200
+    assert isinstance(stack.ok("GET", "/api/lambda/requests"), list)  # the page's first list of requests
+    mapping = {"person": {"name": "person", "attributes": {}}}
+    body = {"type": "annotate_task", "mapping": mapping, "cleanup": True, "conv_mask_to_poly": False,
+            "threshold": 0.2, "task": task["id"], "function": YOLO}
+    request = stack.ok("POST", "/api/lambda/requests", json=body)
+    assert set(request) >= REQUEST_KEYS and request["function"] == {"id": YOLO, "threshold": 0.2, "task": task["id"]}
+    assert request["status"] in ("queued", "started") and request["exc_info"] is None and request["ended"] is None
+
+    def polled_with_progress():
+        listed = [r for r in stack.ok("GET", "/api/lambda/requests") if r["status"] in ("queued", "started")]
+        assert [r["id"] for r in listed].count(request["id"]) == 1  # running, so the UI keeps it
+        by_id = stack.ok("GET", f"/api/lambda/requests/{request['id']}")
+        assert set(by_id) >= REQUEST_KEYS and by_id["status"] in ("queued", "started")
+        return by_id if by_id["progress"] else None
+
+    running = wait_until(polled_with_progress, 60, "progress on the dialog's run")
+    assert running["status"] == "started" and 0 < running["progress"] < 100
+    assert stack.http.delete(f"/api/lambda/requests/{request['id']}").status_code == 204
+    seen = set()
+
+    def ended():
+        by_id = stack.ok("GET", f"/api/lambda/requests/{request['id']}")
+        seen.add(by_id["status"])
+        return by_id if by_id["status"] not in ("queued", "started") else None
+
+    canceled = wait_until(ended, 30, "the canceled run to end")
+    # Never finished (the UI would call it done) nor any other status (it would say "accomplished").
+    assert seen <= {"started", "failed"} and canceled["cancel_requested"]
+    assert canceled["exc_info"].startswith("Canceled on request after ") and canceled["progress"] < 100
+    assert canceled["id"] not in {r["id"] for r in stack.ok("GET", "/api/lambda/requests")
+                                  if r["status"] in ("queued", "started")}
+
+    region = [160, 0, 320, 180]
+    again = stack.ok("POST", "/api/lambda/requests", json={**body, "roi": region})  # no 409
+    assert again["status"] in ("queued", "started") and not again["cancel_requested"]
+    final = stack.wait(again["id"])
+    assert (final["status"], final["progress"], final["exc_info"]) == ("finished", 100, None)
+    shapes = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
+    assert Counter(s["frame"] for s in shapes).keys() == set(range(160))  # cleanup: only the new run's
+    assert all(min(s["points"][0::2]) >= 160 and max(s["points"][2::2]) <= 320 for s in shapes)
+
+
 def test_the_automatic_annotation_dialog_with_a_region(stack):
     frames = [("zidane.png", png(ZIDANE, (640, 360))), ("bus.png", png(BUS, (640, 720)))]
     task = upload(stack, yolo_labels(stack), frames)
@@ -229,10 +296,7 @@ def test_the_automatic_annotation_dialog_with_a_region(stack):
     body = {"type": "annotate_task", "mapping": mapping, "cleanup": True, "conv_mask_to_poly": False,
             "threshold": 0.2, "roi": region, "task": task["id"], "function": YOLO}
     request = stack.ok("POST", "/api/lambda/requests", json=body)
-    assert request["function"]["roi"] == region
-    listed = [r for r in stack.ok("GET", "/api/lambda/requests") if r["status"] in ("queued", "started")]
-    assert request["id"] in {r["id"] for r in listed} or stack.ok("GET", f"/api/lambda/requests/{request['id']}")[
-        "status"] == "finished"  # the UI keeps queued and started ones, then polls each by id
+    assert request["function"] == {"id": YOLO, "threshold": 0.2, "task": task["id"], "roi": region}
     final = stack.wait(request["id"])
     assert (final["status"], final["progress"]) == ("finished", 100)
     shapes = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
@@ -346,6 +410,42 @@ def test_offline_reid_links_a_detectors_boxes_into_tracks(stack):
     xml = ET.fromstring(stack.http.get(f"/api/tasks/{task['id']}/export", params={"format": "cvat"}).content)
     assert len(xml.findall("track")) == len(data["tracks"])
     assert sum(box.get("outside") == "0" for box in xml.iter("box")) == len(boxes)
+
+
+def test_reids_threshold_and_max_distance_reach_the_function(stack):
+    """The same boxes linked under other settings: a max_distance past the 54 px jump joins the
+    split person's two tracks; a threshold no histogram pair reaches links nothing."""
+    def tracks_with(**settings) -> int:
+        task = upload(stack, [{"name": "person", "type": "rectangle"}], pan(5, 7))
+        stack.wait(stack.ok("POST", "/api/lambda/requests", json={"function": YOLO, "task": task["id"],
+                                                                  "threshold": 0.3})["id"])
+        final = stack.wait(stack.ok("POST", "/api/lambda/requests", json={"function": REID, "task": task["id"],
+                                                                          **settings})["id"])
+        assert final["status"] == "finished"
+        return len(stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["tracks"])
+
+    defaults = tracks_with(threshold=0.5, max_distance=50)
+    assert tracks_with(threshold=0.5, max_distance=60) == defaults - 1
+    assert tracks_with(threshold=0.0001, max_distance=50) > defaults
+
+
+def test_reid_on_a_job_keeps_to_the_job(stack):
+    """CVAT's ReID on a job: tracks from the job's rectangles only, and a path that reaches the
+    job's last frame is not closed on the next job's first frame."""
+    task = upload(stack, [{"name": "person", "type": "rectangle"}], pan(6, 7), segment_size=3)
+    stack.wait(stack.ok("POST", "/api/lambda/requests", json={"function": YOLO, "task": task["id"],
+                                                              "threshold": 0.3})["id"])
+    boxes = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
+    first, _ = stack.jobs(task["id"])
+    assert (first["start_frame"], first["stop_frame"]) == (0, 2)
+    final = stack.wait(stack.ok("POST", "/api/lambda/requests", json={"function": REID, "job": first["id"],
+                                                                      "task": task["id"]})["id"])
+    assert (final["status"], final["frames"]["total"]) == ("finished", 2)
+    data = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")
+    assert sorted(s["id"] for s in data["shapes"]) == sorted(b["id"] for b in boxes if b["frame"] >= 3)
+    assert data["tracks"] and all(shape["frame"] <= 2 for track in data["tracks"] for shape in track["shapes"])
+    assert any(track["shapes"][-1] == {**track["shapes"][-1], "frame": 2, "outside": False}
+               for track in data["tracks"])  # reaches the job's end: left open there, as CVAT leaves it
 
 
 def test_reid_refuses_what_would_destroy_its_input(stack):
