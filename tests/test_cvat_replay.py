@@ -165,6 +165,8 @@ def test_a_jpeg_frame_is_cropped_and_re_encoded_as_jpeg(stack):
         "obj_bbox": [[150, 250], [450, 650]], "text_prompts": ["a bus"], "mask_format": "shapes"})["body"]
     assert (sent["pos_points"], sent["neg_points"], sent["obj_bbox"]) == ([[200, 200]], [], [[50, 50], [350, 450]])
     assert (sent["text_prompts"], sent["mask_format"]) == (["a bus"], "shapes")  # forwarded (§9.3), and ours
+    assert "text_prompts" not in stack.ok("POST", "/api/lambda/functions/probe-interactor", json={
+        "task": task["id"], "frame": 0, "pos_points": [[300, 400]], "neg_points": [], "text_prompts": []})["body"]
     frame = np.asarray(Image.open(BUS).convert("RGB"), dtype=float)
 
     def crop_error(region) -> float:
@@ -231,6 +233,9 @@ def test_roi_is_refused_for_kinds_that_cannot_use_it(stack):
     assert stack.error("POST", "/api/lambda/functions/probe-reid", 400, json={
         "task": task["id"], "frame0": 0, "frame1": 1, "boxes0": [], "boxes1": [], "roi": [0, 0, 10, 10]}) == \
         "roi: reid functions cannot run on a region (only detectors and interactors)"
+    assert stack.error("POST", "/api/lambda/functions/probe-tracker", 400, json={
+        "task": task["id"], "frame": 0, "shapes": [[0, 0, 10, 10]], "roi": [0, 0, 10, 10]}) == \
+        "roi: tracker functions cannot run on a region (only detectors and interactors)"
     assert stack.error("POST", "/api/lambda/requests", 400, json={
         "function": "probe-reid", "task": task["id"], "roi": [0, 0, 10, 10]}).startswith("roi: not for ReID")
 
@@ -322,6 +327,11 @@ def test_an_offline_roi_is_checked_against_every_frame(stack):
         "function": YOLO, "task": task["id"], "roi": [0, 0, 200, 200]}) == \
         "ROI is outside the image: frame 1 is 100x300"
     assert not [r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] == task["id"]]
+    # The sizes come from the store, not from the images: a frame that no longer decodes answers the same.
+    (stack.data_dir / f"tasks/{task['id']}/frames/1.png").write_bytes(b"not an image any more")
+    assert stack.error("POST", "/api/lambda/requests", 400, json={
+        "function": YOLO, "task": task["id"], "roi": [0, 0, 200, 200]}) == \
+        "ROI is outside the image: frame 1 is 100x300"
 
 
 def test_cancel_then_a_new_request_on_the_same_task_at_once(stack):
