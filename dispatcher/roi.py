@@ -13,6 +13,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
+from dispatcher.converter import is_number
 from serverless.common.handler import BadRequest
 
 Region = tuple[int, int, int, int]
@@ -119,8 +120,11 @@ def box_into_region(box, region: Region) -> list | None:
         return box
     nested = isinstance(box, list) and len(box) == 2 and all(isinstance(corner, list) for corner in box)
     corners = box if nested else [box[:2], box[2:]] if isinstance(box, list) and len(box) == 4 else None
-    if corners is None or not all(len(corner) == 2 for corner in corners):
+    if corners is None or not all(isinstance(corner, list) and len(corner) == 2 for corner in corners):
         return box  # malformed: the function says what is wrong with it
+    for index, corner in enumerate(corners):
+        if not all(is_number(value) for value in corner):  # cannot be moved into the region
+            raise RoiError(f"obj_bbox[{index}]: must be [x, y], got {corner!r}")
     moved = into_region(corners, region, "obj_bbox")
     return moved if nested else [*moved[0], *moved[1]]
 
@@ -133,7 +137,17 @@ def reply_into_frame(reply, region: Region, frame_size: tuple[int, int], functio
     """An interactor's reply on the crop, in frame coordinates: ``{"mask"}`` pasted into a zero
     frame-sized mask, our ``{"rle", "size"}``, CVAT's ``{"shapes"}`` and an older interactor's
     polygon ``[[x, y], ...]`` shifted; anything else is passed on unchanged. Raises BadFunctionReply
-    when a mask is not the crop's size."""
+    when a mask is not the crop's size, or when what is to be moved holds something other than numbers."""
+    try:
+        return _reply_into_frame(reply, region, frame_size, function_id)
+    except BadFunctionReply:
+        raise
+    except (TypeError, ValueError) as error:  # a ragged mask, a point that is no number, ...
+        raise BadFunctionReply(f"function {function_id} answered a reply that cannot be put back into the frame: "
+                               f"{type(error).__name__}: {error}") from None
+
+
+def _reply_into_frame(reply, region: Region, frame_size: tuple[int, int], function_id: str):
     xtl, ytl, xbr, ybr = region
     if isinstance(reply, list) and all(isinstance(point, list) and len(point) == 2 for point in reply):
         return [shift_points(point, xtl, ytl) for point in reply]

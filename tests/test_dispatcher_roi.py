@@ -32,6 +32,12 @@ def test_interactor_clicks_and_boxes_move_into_the_region():
     assert roi.box_into_region([[110, 60], [120, 70]], region) == [[10, 10], [20, 20]]
     assert roi.box_into_region([110, 60, 120, 70], region) == [10, 10, 20, 20]
     assert roi.box_into_region(None, region) is None and roi.box_into_region([], region) == []
+    # A box whose corners are not numbers cannot be moved: 400 naming the corner, not a crash.
+    with pytest.raises(roi.RoiError, match=r"obj_bbox\[0\]: must be \[x, y\], got \['a', 'b'\]"):
+        roi.box_into_region(["a", "b", "c", "d"], region)
+    with pytest.raises(roi.RoiError, match=r"obj_bbox\[0\]: must be \[x, y\], got \[None, 1\]"):
+        roi.box_into_region([[None, 1], [2, 3]], region)
+    assert roi.box_into_region([1, 2, 3], region) == [1, 2, 3]  # not a box at all: the function refuses it
 
 
 def test_interactor_replies_come_back_in_frame_coordinates():
@@ -46,6 +52,11 @@ def test_interactor_replies_come_back_in_frame_coordinates():
     assert shapes["shapes"][0]["points"] == [1, 3, 2, 1, 3, 2]
     with pytest.raises(roi.BadFunctionReply, match=r"function f answered a mask of shape \[2, 2\] for a region of 3x2"):
         roi.reply_into_frame({"mask": [[0, 0], [0, 0]]}, region, (6, 4), "f")
+    # Replies that cannot be moved are the function's fault (502), never a crash of ours.
+    for broken in ({"mask": [[0, 0, 0], [0, 0]]}, {"rle": [1, 2, "x", 0, 1, 1], "size": [2, 3]},
+                   {"shapes": [{"type": "rectangle", "points": ["a", 0, 1, 1]}]}, {"shapes": [{"points": 7}]}):
+        with pytest.raises(roi.BadFunctionReply, match="function f answered a reply that cannot be put back"):
+            roi.reply_into_frame(broken, region, (6, 4), "f")
     # An older interactor's polygon: its points move too.
     assert roi.reply_into_frame([[0, 0], [2, 1]], region, (6, 4), "f") == [[2, 1], [4, 2]]
     assert roi.reply_into_frame([1, 2], region, (6, 4), "f") == [1, 2]  # not an interactor's reply: as it came
