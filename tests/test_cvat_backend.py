@@ -316,6 +316,13 @@ def test_a_region_on_a_video_task(stack, cvat, proxy):
 
 # Who may do what
 
+def test_the_home_page_leads_to_the_api_pages_not_to_a_missing_web_ui(stack):
+    home = httpx.get(f"{stack.url}/", follow_redirects=False)
+    assert home.status_code == 307 and home.headers["location"] == "/docs"
+    assert httpx.get(f"{stack.url}/", follow_redirects=True).status_code == 200
+    assert httpx.get(f"{stack.url}/ui/").status_code == 404  # CVAT's UI is the UI here
+
+
 def test_callers_are_who_cvat_says_they_are(stack, cvat):
     assert "authentication required" in stack.error("GET", "/api/lambda/requests", 401, headers={"Authorization": ""})
     wrong = {"Authorization": "Token not-a-cvat-token"}
