@@ -29,7 +29,7 @@ round; the median over the rounds is the result.
    cannot use), and one that does not sleep: the dispatcher's and the runtime's own cost per frame
    (target <= 2 ms).
 
-Needs Redis at 127.0.0.1:6379; database 11 is the benchmark's own and is flushed. The processes'
+Needs Redis at 127.0.0.1:6379; database 11 is the benchmark's own, flushed before and after. The processes'
 logs go to a temporary folder, kept (and named) when the run fails.
 """
 
@@ -224,6 +224,7 @@ class Stack:
         self.api.close()
         for process in self.processes.values():
             stop_process(process)
+        redis.Redis.from_url(REDIS_URL).flushdb()  # and left empty, as it was found
 
     def _wait_ready(self) -> None:
         """Every function loaded, the API answering and every worker listening: none of the
