@@ -40,7 +40,7 @@ def test_non_json_bodies_stay_bytes(probe):
 def test_json_bodies_parse_as_pythons_json_reads_them(probe):
     # What nuclio's Python wrapper reads with the stdlib and a faster parser refuses: NaN,
     # Infinity, integers past 64 bits.
-    body = b'{"a": NaN, "b": -Infinity, "c": 123456789012345678901234567890, "d": "\u00e9"}'
+    body = rb'{"a": NaN, "b": -Infinity, "c": 123456789012345678901234567890, "d": "\u00e9"}'
     seen = probe.http.post("/", content=body, headers={"content-type": "application/json"}).json()
     assert seen["body_type"] == "dict"
     assert seen["body"]["c"] == 123456789012345678901234567890 and seen["body"]["d"] == "\u00e9"
