@@ -43,6 +43,11 @@ def platform(tmp_path_factory):
     big = {"spec.triggers.myHttpTrigger.attributes.maxRequestBodySize": 33554432}
     copy_function(PROBE, tree / "slow", **{"metadata.name": "probe-slow", **big, "spec.eventTimeout": "30s",
                                            "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0.05"}]})
+    # A detector that answers a mask: a filled 20 x 10 box at (5, 5) of whatever image it gets.
+    copy_function(PROBE, tree / "mask", **{"metadata.name": "probe-mask", **big,
+                                           "metadata.annotations.spec": '[{"id": 0, "name": "thing", "type": "mask"}]',
+                                           "spec.env": [{"name": "PROBE_DETECT_SECONDS", "value": "0"},
+                                                        {"name": "PROBE_DETECT_MASK", "value": "1"}]})
     for kind in ("interactor", "reid", "tracker"):  # they describe what they were sent
         copy_function(PROBE, tree / kind, **{"metadata.name": f"probe-{kind}", "metadata.annotations.type": kind,
                                              **big})
@@ -156,6 +161,24 @@ def test_a_detector_on_a_region_finds_what_it_finds_on_the_crop_in_frame_coordin
     assert sorted((shape["label_id"], shape["points"]) for shape in shapes) == expected
     whole = stack.ok("POST", f"/api/lambda/functions/{YOLO}", json={**body, "roi": None})["shapes"]
     assert any(min(shape["points"][0::2]) < xtl for shape in whole)  # without roi: the left player too
+
+
+def test_a_mask_detectors_box_moves_into_the_frame_online_and_offline(stack):
+    task = upload(stack, [{"name": "thing", "type": "mask"}], [("bus.png", png(BUS, (300, 400)))])
+    online = stack.ok("POST", "/api/lambda/functions/probe-mask", json={"task": task["id"], "frame": 0,
+                                                                        "roi": [100, 50, 200, 150]})["shapes"]
+    whole = stack.ok("POST", "/api/lambda/functions/probe-mask", json={"task": task["id"], "frame": 0})["shapes"]
+    (moved,), (unmoved,) = online, whole
+    # The probe's box is (5, 5)-(24, 14) on whatever it is given: on the region it lands at +(100, 50).
+    assert moved["type"] == "mask" and unmoved["points"][-4:] == [5, 5, 24, 14]
+    assert moved["points"] == [*unmoved["points"][:-4], 105, 55, 124, 64]  # the runs as they were, the box moved
+    np.testing.assert_array_equal(decode_mask(moved["points"], image_width=300, image_height=400)[55:65, 105:125],
+                                  np.ones((10, 20), bool))
+    final = stack.wait(stack.ok("POST", "/api/lambda/requests", json={"function": "probe-mask", "task": task["id"],
+                                                                      "roi": [100, 50, 200, 150]})["id"])
+    assert final["status"] == "finished"
+    (stored,) = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
+    assert stored["points"] == moved["points"]
 
 
 def test_a_jpeg_frame_is_cropped_and_re_encoded_as_jpeg(stack):
