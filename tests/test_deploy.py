@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+import urllib.parse
 from importlib import resources
 from pathlib import Path
 
@@ -441,7 +442,7 @@ def test_kubernetes_manifests_validate_against_kubernetes_1_37():
         if doc["kind"] == "Kustomization":  # kustomize's own file, checked below
             continue
         assert doc["apiVersion"] and doc["metadata"]["name"], path
-        if doc["kind"] == "ScaledObject":  # KEDA's custom resource: checked below
+        if doc["kind"] in ("ScaledObject", "TriggerAuthentication"):  # KEDA's custom resources: checked below
             continue
         kubernetes_validate.validate(doc, "1.37.0", strict=True)
     assert {"Deployment", "StatefulSet", "Service", "ConfigMap", "ScaledObject", "PersistentVolumeClaim"} <= kinds
@@ -464,6 +465,36 @@ def test_kustomization_lists_every_manifest_and_the_secrets_it_needs():
     (settings,) = [doc for _, doc in manifests() if doc["kind"] == "ConfigMap"]
     assert set(settings["data"]) | secret_keys >= DISPATCHER_SETTINGS
     assert "deploy/kubernetes/secrets.env" in (REPO / ".gitignore").read_text()
+
+
+def test_kubernetes_redis_needs_a_password_and_everything_that_reads_it_has_it():
+    docs = manifests()
+    (redis_set,) = [doc for _, doc in docs if doc["kind"] == "StatefulSet" and doc["metadata"]["name"] == "redis"]
+    (container,) = redis_set["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"  # Kubernetes expands it from env
+    secret = {"name": "dispatcher-secrets", "key": "REDIS_PASSWORD"}
+    env = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"]}
+    assert env == {"REDIS_PASSWORD": secret, "REDISCLI_AUTH": secret}  # the probe's redis-cli too
+    assert container["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+    # KEDA measures the queue with the same password.
+    (scaled,) = [doc for _, doc in docs if doc["kind"] == "ScaledObject"]
+    (auth,) = [doc for _, doc in docs if doc["kind"] == "TriggerAuthentication"]
+    assert auth["apiVersion"] == scaled["apiVersion"]
+    assert scaled["spec"]["triggers"][0]["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", **secret}]
+    # The API and the workers reach Redis by the secrets' REDIS_URL, which carries that password.
+    (config,) = [doc for _, doc in docs if doc["kind"] == "ConfigMap"]
+    assert "REDIS_URL" not in config["data"]
+    for name in ("api", "worker"):
+        (deployment,) = [doc for _, doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == name]
+        (process,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert {"secretRef": {"name": "dispatcher-secrets"}} in process["envFrom"]
+    for example in ("secrets.env.example", "cvat/secrets.env.example"):
+        values = dict(line.split("=", 1) for line in (REPO / "deploy/kubernetes" / example).read_text().splitlines()
+                      if line and not line.startswith("#"))
+        url = urllib.parse.urlsplit(values["REDIS_URL"])
+        assert (url.hostname, url.port, url.password) == ("redis", 6379, values["REDIS_PASSWORD"]), example
 
 
 def test_kubernetes_runs_the_images_the_build_script_makes(recording_tools):
