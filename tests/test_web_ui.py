@@ -572,6 +572,33 @@ def test_masks_polygons_and_cleanup_options(page, stack):
     shoot(page, "viewer-mask")
 
 
+def test_a_run_with_failed_frames_reads_partly_failed(page, stack):
+    """CVAT's UI would show it as done (status finished, its annotations written); ours says which
+    frames failed and why, from the request's outcome."""
+    task = stack.task([{"name": "person", "type": "rectangle"}], [BUS] * 3)
+    (frame_1,) = (stack.data_dir / f"tasks/{task['id']}/frames").glob("1.*")
+    frame_1.write_bytes(b"no longer an image")  # YOLO refuses it
+    sign_in(page, stack, f"#/tasks/{task['id']}")
+    page.get_by_role("button", name="Automatic annotation", exact=True).click()
+    dialog = page.get_by_role("dialog", name="Automatic annotation")
+    dialog.get_by_label("Model").select_option("openvino-omz-public-yolo-v3-tf")
+    dialog.get_by_role("button", name="Annotate").click()
+    expect(dialog).to_be_hidden()
+    request = next(r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] == task["id"])
+    final = stack.wait(request["id"])
+    assert (final["status"], final["outcome"], final["frames"]["failed"]) == ("finished", "partly_failed", 1)
+    shown = page.locator(f"article.request[data-request='{request['id']}']")
+    expect(shown).to_have_attribute("data-status", "partly_failed")
+    expect(shown.locator(".status")).to_have_text("partly failed")
+    expect(shown).to_contain_text("Finished: 2 frames annotated, 1 failed.")
+    people = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
+    assert {shape["frame"] for shape in people} == {0, 2}  # the two frames YOLO could read
+    expect(page.locator("p.task-numbers")).to_contain_text(f"{len(people)} annotations")
+    shown.get_by_text("Failed frames (1)").click()
+    expect(shown.locator("details li")).to_have_text([f"frame 1: {final['failures'][0]['reason']}"])
+    shoot(page, "request-partly-failed")
+
+
 def test_delete_task_from_the_list(page, stack):
     idle = stack.task([{"name": "thing"}], [CAT])
     busy = stack.task([{"name": "thing"}], [CAT] * 40)

@@ -328,7 +328,7 @@ export function requestsPanel(taskId, changed) {
       h("p", {}, h("strong", {}, request.function.id), ` on task ${request.function.task}`,
         request.function.job ? `, job ${request.function.job}` : "",
         roi ? h("span", {class: "request-region"}, `, region ${describeRegion(roi)}`) : "", " · ",
-        h("span", {class: `status status-${status}`}, status === "cancelling" ? "Cancelling…" : status)),
+        h("span", {class: `status status-${status}`}, status === "cancelling" ? "Cancelling…" : status.replace("_", " "))),
       h("progress", {max: String(total || 1), value: String(done + failed),
         "aria-label": `Progress of request ${request.id}`}),
       h("p", {class: "numbers"},
@@ -347,10 +347,12 @@ export function requestsPanel(taskId, changed) {
 }
 
 // What the list shows: the API reports a canceled run as failed, for CVAT's UI, and cancel_requested
-// tells the two apart; a run asked to cancel whose last chunk is still stopping is "cancelling".
+// tells the two apart; a run asked to cancel whose last chunk is still stopping is "cancelling". A
+// run in which some frames failed is finished for CVAT's UI; its outcome says partly_failed.
 function shownStatus(request) {
   if (request.cancel_requested && !FINAL.includes(request.status)) return "cancelling";
-  return request.status === "failed" && request.cancel_requested ? "canceled" : request.status;
+  if (request.status === "failed" && request.cancel_requested) return "canceled";
+  return request.outcome === "partly_failed" ? "partly_failed" : request.status;
 }
 
 function outcome(request, reid) {
