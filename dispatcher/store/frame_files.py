@@ -11,7 +11,7 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path, PurePath
 
-from sqlalchemy import insert, select
+from sqlalchemy import Engine, insert, select
 
 from dispatcher.store.errors import InvalidInput, NotFound
 from dispatcher.store.rows import task_row, task_size, touch, update_jobs
@@ -21,6 +21,7 @@ from dispatcher.store.validation import image_size
 
 
 class FrameFiles:
+    _engine: Engine
     data_dir: Path
     server_files: ServerFiles
     max_image_pixels: int

@@ -9,7 +9,7 @@ one write. ``RequestWrites`` is one of the parts ``Store`` is made of, over the 
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Engine, delete, select, update
 
 from dispatcher.store.errors import InvalidInput, StaleRun
 from dispatcher.store.rows import batches, hold_run, insert_items, rectangles_on, task_row, touch, upsert
@@ -18,6 +18,8 @@ from dispatcher.store.validation import CHECKS, TaskContext, checked_track
 
 
 class RequestWrites:
+    _engine: Engine
+
     def write_results(self, request_id: str, run: str, task_id: int,
                       results: dict[int, tuple[list[dict], list[dict]]], cleanup_frames: list[int] | None,
                       attempt: tuple[str, int] | None = None) -> bool:
