@@ -425,10 +425,14 @@ def test_the_cvat_kubernetes_overlay_routes_api_lambda_and_replaces_the_secrets(
     assert settings["metadata"]["name"] == "dispatcher-settings" and settings["data"]["CVAT_URL"].startswith("http")
     (secrets,) = kustomization["secretGenerator"]
     assert (secrets["name"], secrets["behavior"]) == ("dispatcher-secrets", "replace")
-    keys = {line.split("=", 1)[0] for line in (folder / "secrets.env.example").read_text().splitlines()
-            if line and not line.startswith("#")}
+    keys = env_file(folder / "secrets.env.example")
     assert "CVAT_TOKEN" in keys and "API_TOKEN" not in keys
     assert "deploy/kubernetes/cvat/secrets.env" in (REPO / ".gitignore").read_text()
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """A secrets.env file's ``KEY=value`` lines (comments and blank lines skipped), as kustomize reads them."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
 
 
 def manifests() -> list[tuple[Path, dict]]:
@@ -456,9 +460,7 @@ def test_kubernetes_manifests_validate_against_kubernetes_1_37():
 def test_kustomization_lists_every_manifest_and_the_secrets_it_needs():
     kustomization = yaml.safe_load((REPO / "deploy/kubernetes/kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(p.name for p in MANIFESTS if p.name != "kustomization.yaml")
-    example = REPO / "deploy/kubernetes/secrets.env.example"
-    secret_keys = {line.split("=", 1)[0] for line in example.read_text().splitlines()
-                   if line and not line.startswith("#")}
+    secret_keys = set(env_file(REPO / "deploy/kubernetes/secrets.env.example"))
     referenced = set(re.findall(r"secretKeyRef: \{name: dispatcher-secrets, key: (\w+)\}",
                                 "".join(p.read_text() for p in MANIFESTS)))
     assert referenced <= secret_keys
@@ -491,8 +493,7 @@ def test_kubernetes_redis_needs_a_password_and_everything_that_reads_it_has_it()
         (process,) = deployment["spec"]["template"]["spec"]["containers"]
         assert {"secretRef": {"name": "dispatcher-secrets"}} in process["envFrom"]
     for example in ("secrets.env.example", "cvat/secrets.env.example"):
-        values = dict(line.split("=", 1) for line in (REPO / "deploy/kubernetes" / example).read_text().splitlines()
-                      if line and not line.startswith("#"))
+        values = env_file(REPO / "deploy/kubernetes" / example)
         url = urllib.parse.urlsplit(values["REDIS_URL"])
         assert (url.hostname, url.port, url.password) == ("redis", 6379, values["REDIS_PASSWORD"]), example
 
