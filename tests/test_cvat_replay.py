@@ -387,10 +387,16 @@ def pan(count: int, step: int) -> list[tuple[str, bytes]]:
     return frames
 
 
-def test_offline_reid_links_a_detectors_boxes_into_tracks(stack):
-    task = upload(stack, [{"name": "person", "type": "rectangle"}], pan(5, 7))
+def boxed_by_yolo(stack, frames: list[tuple[str, bytes]], segment_size=None) -> dict:
+    """A task of ``frames`` whose person boxes YOLO's task-wide run made: ReID's input."""
+    task = upload(stack, [{"name": "person", "type": "rectangle"}], frames, segment_size=segment_size)
     detect = stack.ok("POST", "/api/lambda/requests", json={"function": YOLO, "task": task["id"], "threshold": 0.3})
     assert stack.wait(detect["id"])["status"] == "finished"
+    return task
+
+
+def test_offline_reid_links_a_detectors_boxes_into_tracks(stack):
+    task = boxed_by_yolo(stack, pan(5, 7))
     boxes = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
     per_frame = Counter(box["frame"] for box in boxes)
     assert set(per_frame) == set(range(5)) and min(per_frame.values()) >= 3
@@ -431,9 +437,7 @@ def test_reids_threshold_and_max_distance_reach_the_function(stack):
     """The same boxes linked under other settings: a max_distance past the 54 px jump joins the
     split person's two tracks; a threshold no histogram pair reaches links nothing."""
     def tracks_with(**settings) -> int:
-        task = upload(stack, [{"name": "person", "type": "rectangle"}], pan(5, 7))
-        stack.wait(stack.ok("POST", "/api/lambda/requests", json={"function": YOLO, "task": task["id"],
-                                                                  "threshold": 0.3})["id"])
+        task = boxed_by_yolo(stack, pan(5, 7))
         final = stack.wait(stack.ok("POST", "/api/lambda/requests", json={"function": REID, "task": task["id"],
                                                                           **settings})["id"])
         assert final["status"] == "finished"
@@ -447,9 +451,7 @@ def test_reids_threshold_and_max_distance_reach_the_function(stack):
 def test_reid_on_a_job_keeps_to_the_job(stack):
     """CVAT's ReID on a job: tracks from the job's rectangles only, and a path that reaches the
     job's last frame is not closed on the next job's first frame."""
-    task = upload(stack, [{"name": "person", "type": "rectangle"}], pan(6, 7), segment_size=3)
-    stack.wait(stack.ok("POST", "/api/lambda/requests", json={"function": YOLO, "task": task["id"],
-                                                              "threshold": 0.3})["id"])
+    task = boxed_by_yolo(stack, pan(6, 7), segment_size=3)
     boxes = stack.ok("GET", f"/api/tasks/{task['id']}/annotations")["shapes"]
     first, _ = stack.jobs(task["id"])
     assert (first["start_frame"], first["stop_frame"]) == (0, 2)
