@@ -505,8 +505,9 @@ def test_pages_are_served_without_the_token_and_the_api_is_not(stack):
     assert "no folder 'nowhere'" in stack.error("GET", "/api/server/share", 404, params={"directory": "nowhere"})
 
 
-def run_dialog(page: Page, stack: Stack, task: dict, function_id: str, *, polygons: bool = False,
-               cleanup: bool = False) -> None:
+def submit_dialog(page: Page, stack: Stack, task: dict, function_id: str, *, polygons: bool = False,
+                  cleanup: bool = False) -> dict:
+    """The Automatic annotation dialog on the task's page, filled in and sent: the request it made."""
     page.goto(f"{page.url.split('#')[0]}#/tasks/{task['id']}")
     page.get_by_role("button", name="Automatic annotation", exact=True).click()
     dialog = page.get_by_role("dialog", name="Automatic annotation")
@@ -515,7 +516,12 @@ def run_dialog(page: Page, stack: Stack, task: dict, function_id: str, *, polygo
     dialog.get_by_label("Clean old annotations").set_checked(cleanup)
     dialog.get_by_role("button", name="Annotate").click()
     expect(dialog).to_be_hidden()  # the request exists once the dialog closes
-    request = next(r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] == task["id"])
+    return next(r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] == task["id"])
+
+
+def run_dialog(page: Page, stack: Stack, task: dict, function_id: str, *, polygons: bool = False,
+               cleanup: bool = False) -> None:
+    request = submit_dialog(page, stack, task, function_id, polygons=polygons, cleanup=cleanup)
     # One request id per target (CVAT's): a rerun's record replaces the record of the run before it.
     assert stack.wait(request["id"])["status"] == "finished"
     expect(page.locator("article.request[data-status=finished]")).to_contain_text("Finished: 2 frames annotated.")
@@ -579,12 +585,7 @@ def test_a_run_with_failed_frames_reads_partly_failed(page, stack):
     (frame_1,) = (stack.data_dir / f"tasks/{task['id']}/frames").glob("1.*")
     frame_1.write_bytes(b"no longer an image")  # YOLO refuses it
     sign_in(page, stack, f"#/tasks/{task['id']}")
-    page.get_by_role("button", name="Automatic annotation", exact=True).click()
-    dialog = page.get_by_role("dialog", name="Automatic annotation")
-    dialog.get_by_label("Model").select_option("openvino-omz-public-yolo-v3-tf")
-    dialog.get_by_role("button", name="Annotate").click()
-    expect(dialog).to_be_hidden()
-    request = next(r for r in stack.ok("GET", "/api/lambda/requests") if r["function"]["task"] == task["id"])
+    request = submit_dialog(page, stack, task, YOLO)
     final = stack.wait(request["id"])
     assert (final["status"], final["outcome"], final["frames"]["failed"]) == ("finished", "partly_failed", 1)
     shown = page.locator(f"article.request[data-request='{request['id']}']")
